@@ -1,0 +1,1 @@
+"""Checkpoint converters: Google's original TensorFlow BigBird checkpoints and transformers' bigbird_pegasus."""

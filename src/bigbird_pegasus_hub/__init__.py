@@ -1,0 +1,1 @@
+"""Tools around the BigBirdPegasus Hub plugin: repo builder, Hub push, command line."""

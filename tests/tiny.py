@@ -1,0 +1,68 @@
+"""Tiny configurations and models shared by the tests (CPU, milliseconds)."""
+
+import copy
+
+import torch
+import transformers
+
+from bigbird_pegasus_hub.plugin import modeling_bigbird_pegasus as ours
+from bigbird_pegasus_hub.plugin.configuration_bigbird_pegasus import BigBirdPegasusConfig
+
+TINY = dict(
+    vocab_size=99, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+    decoder_attention_heads=4, encoder_ffn_dim=37, decoder_ffn_dim=37, max_position_embeddings=4096,
+    block_size=16, num_random_blocks=2, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
+)
+
+HEADS = {
+    "Model": ("BigBirdPegasusModel", "BigBirdPegasusModel"),
+    "ForConditionalGeneration": ("BigBirdPegasusForConditionalGeneration", "BigBirdPegasusForConditionalGeneration"),
+    "ForCausalLM": ("BigBirdPegasusForCausalLM", "BigBirdPegasusForCausalLM"),
+    "ForSequenceClassification": ("BigBirdPegasusForSequenceClassification", "BigBirdPegasusForSequenceClassification"),
+    "ForQuestionAnswering": ("BigBirdPegasusForQuestionAnswering", "BigBirdPegasusForQuestionAnswering"),
+}
+
+
+def tiny_config(**overrides) -> BigBirdPegasusConfig:
+    return BigBirdPegasusConfig(**{**TINY, **overrides})
+
+
+def builtin_config(config: BigBirdPegasusConfig):
+    """transformers' built-in config with the same values (it has no layer_norm_eps: keep ours at 1e-5)."""
+    values = {k: v for k, v in config.to_dict().items() if k not in ("layer_norm_eps", "auto_map", "architectures")}
+    return transformers.BigBirdPegasusConfig(**values)
+
+
+def twin_models(head: str = "ForConditionalGeneration", seed: int = 0, **overrides):
+    """(ours, built-in) with identical weights; ours in eval, the built-in in train mode for block_sparse
+    (its seeded random blocks; all dropouts are 0), eval otherwise."""
+    torch.manual_seed(seed)
+    config = tiny_config(**overrides)
+    ours_name, builtin_name = HEADS[head]
+    builtin = getattr(transformers, builtin_name)(builtin_config(config))
+    # Non-zero LayerNorm and bias values so a mapping mistake cannot hide behind init defaults.
+    with torch.no_grad():
+        for name, param in builtin.named_parameters():
+            if "layer_norm" in name or "layernorm" in name or name.endswith("bias"):
+                param.add_(torch.randn_like(param) * 0.1)
+        if hasattr(builtin, "final_logits_bias"):
+            builtin.final_logits_bias.normal_(0, 0.1)
+    model = getattr(ours, ours_name)(copy.deepcopy(config))
+    model.load_state_dict(builtin.state_dict(), strict=True)
+    model.eval()
+    builtin.train(config.attention_type == "block_sparse")
+    return model, builtin
+
+
+def random_inputs(batch=2, length=300, vocab=99, pad_tail=37, seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(3, vocab, (batch, length), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    if batch > 1 and pad_tail:
+        input_ids[-1, -pad_tail:] = 0
+        attention_mask[-1, -pad_tail:] = 0
+    return input_ids, attention_mask
+
+
+def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.float() - b.float()).abs().max().item()
