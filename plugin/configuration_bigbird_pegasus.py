@@ -1,6 +1,7 @@
 """BigBirdPegasus configuration (remote code: imports only transformers' public API)."""
 
 from transformers import PretrainedConfig
+from transformers.activations import ACT2FN
 
 ATTENTION_TYPES = ("original_full", "block_sparse")
 
@@ -147,5 +148,10 @@ class BigBirdPegasusConfig(PretrainedConfig):
             value = getattr(self, name)
             if value is None or not 0.0 <= float(value) <= 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}.")
+        if self.activation_function not in ACT2FN:
+            raise ValueError(
+                f"activation_function {self.activation_function!r} is unknown; use one of transformers' activations, "
+                f"e.g. 'gelu_new' (the original BigBird gelu), 'relu' or 'gelu'."
+            )
         if not self.layer_norm_eps > 0:
             raise ValueError(f"layer_norm_eps must be > 0, got {self.layer_norm_eps!r}.")

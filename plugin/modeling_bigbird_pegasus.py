@@ -384,11 +384,6 @@ def scaled_word_embedding(config: BigBirdPegasusConfig) -> BigBirdPegasusScaledW
     return BigBirdPegasusScaledWordEmbedding(config.vocab_size, config.d_model, config.pad_token_id, scale)
 
 
-def tied_keys(*names, source):
-    """`_tied_weights_keys` in the form each transformers major version expects."""
-    return dict.fromkeys(names, source) if TRANSFORMERS_V5 else list(names)
-
-
 class BigBirdPegasusEncoder(BigBirdPegasusPreTrainedModel):
     """Embeddings, `encoder_layers` block-sparse layers and a final LayerNorm (`layernorm_embedding`)."""
 
@@ -595,8 +590,11 @@ def causal_bias(attention_mask, batch, seq_length, past_length, like):
 class BigBirdPegasusModel(BigBirdPegasusPreTrainedModel):
     """The bare encoder-decoder, returning the decoder's last hidden state."""
 
-    _tied_weights_keys = tied_keys("encoder.embed_tokens.weight", "decoder.embed_tokens.weight",
-                                   source="shared.weight")
+    _tied_weights_keys = (
+        {"encoder.embed_tokens.weight": "shared.weight", "decoder.embed_tokens.weight": "shared.weight"}
+        if TRANSFORMERS_V5
+        else ["encoder.embed_tokens.weight", "decoder.embed_tokens.weight"]
+    )
 
     def __init__(self, config: BigBirdPegasusConfig):
         super().__init__(config)
@@ -658,7 +656,7 @@ class BigBirdPegasusModel(BigBirdPegasusPreTrainedModel):
             encoder_last_hidden_state=encoder_outputs.last_hidden_state,
             encoder_hidden_states=encoder_outputs.hidden_states,
             encoder_attentions=encoder_outputs.attentions,
-            **{CACHE_FIELD: decoder_outputs[CACHE_FIELD]},
+            **{CACHE_FIELD: getattr(decoder_outputs, CACHE_FIELD)},
         )
         return output if return_dict else output.to_tuple()
 
@@ -666,8 +664,11 @@ class BigBirdPegasusModel(BigBirdPegasusPreTrainedModel):
 class BigBirdPegasusForConditionalGeneration(BigBirdPegasusPreTrainedModel, GenerationMixin):
     """The encoder-decoder with a language-modeling head tied to the shared embeddings: summarization."""
 
-    _tied_weights_keys = tied_keys("lm_head.weight", source="model.shared.weight") if TRANSFORMERS_V5 else [
-        "model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight", "lm_head.weight"]
+    _tied_weights_keys = (
+        {"lm_head.weight": "model.shared.weight"}
+        if TRANSFORMERS_V5
+        else ["encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "lm_head.weight"]
+    )
     _keys_to_ignore_on_load_missing = ["final_logits_bias"]
 
     def __init__(self, config: BigBirdPegasusConfig):
@@ -726,14 +727,14 @@ class BigBirdPegasusForConditionalGeneration(BigBirdPegasusPreTrainedModel, Gene
             encoder_last_hidden_state=outputs.encoder_last_hidden_state,
             encoder_hidden_states=outputs.encoder_hidden_states,
             encoder_attentions=outputs.encoder_attentions,
-            **{CACHE_FIELD: outputs[CACHE_FIELD]},
+            **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
         )
         return output if return_dict else output.to_tuple()
 
 
 def language_modeling_loss(logits, labels):
     labels = labels.to(logits.device)
-    return CrossEntropyLoss()(logits.view(-1, logits.shape[-1]).float(), labels.view(-1))
+    return CrossEntropyLoss()(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1))
 
 
 def last_eos_states(hidden_states, input_ids, eos_token_id):
@@ -791,7 +792,7 @@ class EncoderDecoderHeadMixin:
             encoder_last_hidden_state=outputs.encoder_last_hidden_state,
             encoder_hidden_states=outputs.encoder_hidden_states,
             encoder_attentions=outputs.encoder_attentions,
-            **{CACHE_FIELD: outputs[CACHE_FIELD]},
+            **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
             **fields,
         )
 
@@ -799,8 +800,8 @@ class EncoderDecoderHeadMixin:
 class BigBirdPegasusForSequenceClassification(EncoderDecoderHeadMixin, BigBirdPegasusPreTrainedModel):
     """Sequence classification or regression from the decoder state at the last </s> token."""
 
-    _tied_weights_keys = BigBirdPegasusModel._tied_weights_keys if TRANSFORMERS_V5 else [
-        "model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight"]
+    # transformers 5 finds the embedding ties inside `model`; 4.x matches these names as patterns.
+    _tied_weights_keys = None if TRANSFORMERS_V5 else ["encoder.embed_tokens.weight", "decoder.embed_tokens.weight"]
 
     def __init__(self, config: BigBirdPegasusConfig, **kwargs):
         super().__init__(config, **kwargs)
@@ -873,7 +874,7 @@ class BigBirdPegasusDecoderWrapper(BigBirdPegasusPreTrainedModel):
 class BigBirdPegasusForCausalLM(BigBirdPegasusPreTrainedModel, GenerationMixin):
     """The decoder alone as a causal language model (optionally cross-attending to given encoder states)."""
 
-    _tied_weights_keys = tied_keys("lm_head.weight", source="model.decoder.embed_tokens.weight")
+    _tied_weights_keys = {"lm_head.weight": "model.decoder.embed_tokens.weight"} if TRANSFORMERS_V5 else ["lm_head.weight"]
 
     def __init__(self, config: BigBirdPegasusConfig):
         config = copy.deepcopy(config)
@@ -919,7 +920,7 @@ class BigBirdPegasusForCausalLM(BigBirdPegasusPreTrainedModel, GenerationMixin):
         loss = None if labels is None else language_modeling_loss(logits, labels)
         output = CausalLMOutputWithCrossAttentions(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions,
-            cross_attentions=outputs.cross_attentions, **{CACHE_FIELD: outputs[CACHE_FIELD]},
+            cross_attentions=outputs.cross_attentions, **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
         )
         return output if return_dict else output.to_tuple()
 

@@ -45,6 +45,9 @@ def twin_models(head: str = "ForConditionalGeneration", seed: int = 0, **overrid
         for name, param in builtin.named_parameters():
             if "layer_norm" in name or "layernorm" in name or name.endswith("bias"):
                 param.add_(torch.randn_like(param) * 0.1)
+        # transformers 5's built-in causal LM forgets to tie lm_head to the embeddings (4.x tied it, as we do).
+        if hasattr(builtin, "lm_head"):
+            builtin.lm_head.weight.copy_(builtin.get_input_embeddings().weight)
         if hasattr(builtin, "final_logits_bias"):
             builtin.final_logits_bias.normal_(0, 0.1)
     model = getattr(ours, ours_name)(copy.deepcopy(config))
