@@ -78,8 +78,8 @@ class BigBirdPegasusSummarizationPipeline(Pipeline):
             One `dict` per document (a list of them per document with `num_return_sequences > 1`), with:
 
             - **summary_text** (`str`, present when `return_text=True`) -- the summary.
-            - **summary_token_ids** (`torch.Tensor`, present when `return_tensors=True`) -- the summary's token ids,
-              without the padding that batching adds.
+            - **summary_token_ids** (`torch.Tensor`, present when `return_tensors=True`) -- the generated token ids
+              (decoder start token first), without the padding that batching adds after the end-of-sequence token.
         """
         if isinstance(documents, tuple):
             documents = list(documents)
@@ -205,13 +205,29 @@ class BigBirdPegasusSummarizationPipeline(Pipeline):
         return generate_kwargs
 
     def _strip_padding(self, token_ids):
-        """Drops the trailing padding that batching adds, so a summary's ids do not depend on its batch."""
-        pad_token_id = self.tokenizer.pad_token_id
-        if pad_token_id is None:
+        """
+        Cuts what follows the first end-of-sequence token: `generate()` pads the summaries that end early to the
+        length of the longest in their batch, so without this a summary's ids would depend on its batch.
+        """
+        eos_token_ids = self._eos_token_ids()
+        if not eos_token_ids:
             return token_ids
-        kept = torch.nonzero(token_ids != pad_token_id)
-        length = int(kept[-1]) + 1 if len(kept) else 0
-        return token_ids[:length]
+        # Position 0 holds the decoder start token, which some models share with end-of-sequence.
+        is_eos = torch.isin(token_ids[1:], torch.tensor(eos_token_ids, device=token_ids.device))
+        eos_positions = torch.nonzero(is_eos)
+        if len(eos_positions) == 0:
+            return token_ids
+        return token_ids[: int(eos_positions[0]) + 2]
+
+    def _eos_token_ids(self):
+        eos_token_ids = self.model.generation_config.eos_token_id
+        if eos_token_ids is None:
+            eos_token_ids = []
+        elif isinstance(eos_token_ids, int):
+            eos_token_ids = [eos_token_ids]
+        if self.tokenizer.eos_token_id is not None:
+            eos_token_ids = [*eos_token_ids, self.tokenizer.eos_token_id]
+        return sorted(set(eos_token_ids))
 
 
 def _warn_if_min_length_exceeds_max_length(generate_kwargs):

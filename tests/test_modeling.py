@@ -1,0 +1,170 @@
+"""Behaviour of our model on its own: fallbacks, determinism, dtypes, compile, training plumbing."""
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from bigbird_pegasus_hub.plugin import modeling_bigbird_pegasus as ours
+from bigbird_pegasus_hub.plugin.block_sparse_layout import block_sparse_layout
+from tiny import max_abs_diff, random_inputs, tiny_config
+
+
+def model_pair(**overrides):
+    """A block_sparse model and an original_full model with the same weights."""
+    torch.manual_seed(0)
+    sparse = ours.BigBirdPegasusForConditionalGeneration(tiny_config(attention_type="block_sparse", **overrides))
+    full = ours.BigBirdPegasusForConditionalGeneration(tiny_config(attention_type="original_full", **overrides))
+    full.load_state_dict(sparse.state_dict())
+    return sparse.eval(), full.eval()
+
+
+def encode(model, input_ids, attention_mask=None, **kwargs):
+    with torch.no_grad():
+        return model.model.encoder(input_ids, attention_mask, **kwargs).last_hidden_state
+
+
+def test_short_input_uses_full_attention_for_that_call_only(caplog):
+    sparse, full = model_pair()
+    short, _ = random_inputs(batch=1, length=(5 + 2 * 2) * 16)  # not longer than the sparse pattern
+    long, _ = random_inputs(batch=1, length=400)
+    assert torch.equal(encode(sparse, short), encode(full, short))
+    assert max_abs_diff(encode(sparse, long), encode(full, long)) > 1e-3  # still block-sparse afterwards
+    assert sparse.config.attention_type == "block_sparse"
+
+
+def block_sparse_reference(encoder_layer, hidden, layout, block_size):
+    """The same attention as dense attention restricted to the layout's token pattern (valid without repeats)."""
+    attention = encoder_layer.self_attn.self
+    q, k, v = (ours.split_heads(proj(hidden), attention.num_heads) for proj in
+               (attention.query, attention.key, attention.value))
+    seq = hidden.shape[1]
+    allowed = torch.zeros(attention.num_heads, seq, seq, dtype=torch.bool)
+    allowed[:, :block_size] = allowed[:, -block_size:] = True
+    for head in range(attention.num_heads):
+        for row, blocks in enumerate(layout.key_blocks[head]):
+            q_slice = slice((row + 1) * block_size, (row + 2) * block_size)
+            for block in blocks.tolist():
+                allowed[head, q_slice, block * block_size:(block + 1) * block_size] = True
+    context, _ = ours.attend(q, k, v, ours.additive_mask(allowed[None], q.dtype))
+    return encoder_layer.self_attn.output(ours.merge_heads(context))
+
+
+def test_zero_random_blocks_equals_dense_attention_on_the_pattern():
+    torch.manual_seed(0)
+    model = ours.BigBirdPegasusForConditionalGeneration(tiny_config(num_random_blocks=0)).eval()
+    layer = model.model.encoder.layers[0]
+    hidden = torch.randn(1, 256, 32)
+    mask = torch.ones(1, 256, dtype=torch.long)
+    with torch.no_grad():
+        actual, _ = layer.self_attn(hidden, mask, use_block_sparse=True)
+        expected = block_sparse_reference(layer, hidden, block_sparse_layout(0, 256, 4, 16, 0), 16)
+    assert max_abs_diff(actual, expected) < 1e-5
+
+
+@pytest.mark.parametrize("length", [257, 333, 511])
+def test_any_length_is_padded_internally_and_unpadded(length):
+    sparse, _ = model_pair()
+    input_ids, attention_mask = random_inputs(length=length, pad_tail=20)
+    padded_ids = torch.cat([input_ids, torch.zeros(2, (-length) % 16, dtype=torch.long)], dim=1)
+    padded_mask = torch.cat([attention_mask, torch.zeros(2, (-length) % 16, dtype=torch.long)], dim=1)
+    out = encode(sparse, input_ids, attention_mask)
+    assert out.shape == (2, length, 32)
+    assert max_abs_diff(out, encode(sparse, padded_ids, padded_mask)[:, :length]) < 1e-5
+
+
+def test_same_input_twice_is_bit_identical_and_global_rng_untouched():
+    sparse, _ = model_pair()
+    input_ids, attention_mask = random_inputs(length=1024)
+    first = encode(sparse, input_ids, attention_mask)
+    encode(sparse, *random_inputs(length=640, seed=5))
+    encode(sparse, *random_inputs(length=777, seed=6))
+    np.random.seed(3)
+    torch.manual_seed(3)
+    numpy_state, torch_state = np.random.get_state()[1].copy(), torch.get_rng_state()
+    second = encode(sparse, input_ids, attention_mask)
+    assert torch.equal(first, second)
+    assert np.array_equal(np.random.get_state()[1], numpy_state)
+    assert torch.equal(torch.get_rng_state(), torch_state)
+
+
+def test_train_and_eval_use_the_same_random_blocks():
+    sparse, _ = model_pair()
+    input_ids, attention_mask = random_inputs(length=1024)
+    evaluated = encode(sparse, input_ids, attention_mask)
+    sparse.train()  # dropouts are 0 in the tiny config
+    assert torch.equal(encode(sparse, input_ids, attention_mask), evaluated)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_runs_and_stays_close(dtype):
+    sparse, _ = model_pair()
+    input_ids, attention_mask = random_inputs(length=640)
+    reference = encode(sparse, input_ids, attention_mask)
+    half = encode(sparse.to(dtype), input_ids, attention_mask)
+    assert half.dtype == dtype and torch.isfinite(half).all()
+    assert max_abs_diff(half, reference) < 0.1
+
+
+def test_torch_compile_gives_the_same_encoder_output():
+    sparse, _ = model_pair()
+    input_ids, attention_mask = random_inputs(length=640)
+    compiled = torch.compile(sparse.model.encoder, backend="aot_eager")
+    with torch.no_grad():
+        actual = compiled(input_ids, attention_mask).last_hidden_state
+    assert max_abs_diff(actual, encode(sparse, input_ids, attention_mask)) < 1e-5
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    grads = []
+    for checkpointing in (False, True):
+        sparse, _ = model_pair()
+        sparse.train()
+        if checkpointing:
+            sparse.gradient_checkpointing_enable()
+        input_ids, attention_mask = random_inputs(length=640)
+        loss = sparse(input_ids=input_ids, attention_mask=attention_mask, labels=input_ids[:, :8].contiguous()).loss
+        loss.backward()
+        grads.append(sparse.model.encoder.layers[0].self_attn.self.query.weight.grad.clone())
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_cached_and_uncached_generation_agree():
+    sparse, _ = model_pair()
+    input_ids, attention_mask = random_inputs(length=640)
+    with torch.no_grad():
+        cached = sparse.generate(input_ids, attention_mask=attention_mask, max_new_tokens=8, num_beams=2)
+        uncached = sparse.generate(input_ids, attention_mask=attention_mask, max_new_tokens=8, num_beams=2,
+                                   use_cache=False)
+    assert torch.equal(cached, uncached)
+
+
+def test_head_mask_zeroes_a_head():
+    _, full = model_pair()
+    input_ids, attention_mask = random_inputs(length=40)
+    head_mask = torch.ones(2, 4)
+    head_mask[1, 2] = 0
+    with torch.no_grad():
+        out = full.model.encoder(input_ids, attention_mask, head_mask=head_mask, output_attentions=True)
+        plain = full.model.encoder(input_ids, attention_mask)
+    assert out.attentions[1][:, 2].abs().max() == 0 and out.attentions[1][:, 1].abs().max() > 0
+    assert max_abs_diff(out.last_hidden_state, plain.last_hidden_state) > 1e-4
+
+
+def test_too_long_input_says_what_to_do():
+    sparse, _ = model_pair(max_position_embeddings=512)
+    with pytest.raises(ValueError, match="truncat"):
+        encode(sparse, torch.ones(1, 513, dtype=torch.long))
+
+
+def test_save_and_reload_keeps_weights_and_ties(tmp_path):
+    sparse, _ = model_pair()
+    sparse.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    again = ours.BigBirdPegasusForConditionalGeneration.from_pretrained(tmp_path).eval()
+    for (name, a), b in zip(sparse.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert again.lm_head.weight.data_ptr() == again.model.shared.weight.data_ptr()
+    assert again.model.encoder.embed_tokens.weight.data_ptr() == again.model.shared.weight.data_ptr()
