@@ -155,3 +155,6 @@ class BigBirdPegasusConfig(PretrainedConfig):
             )
         if not self.layer_norm_eps > 0:
             raise ValueError(f"layer_norm_eps must be > 0, got {self.layer_norm_eps!r}.")
+
+
+BigBirdPegasusConfig.register_for_auto_class()

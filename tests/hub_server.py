@@ -631,7 +631,8 @@ class HubServer:
 
     def _route_lfs_put(self, request: Request) -> Response:
         self._refuse("lfs")  # no auth check: like a presigned URL, the client sends no token here
-        repo = self._repo_from(request)
+        params = request.params
+        repo = self._get_repo(params["type"], f"{params['ns']}/{params['name']}")
         oid = request.params["oid"]
         if hashlib.sha256(request.body).hexdigest() != oid:
             raise HttpError(400, f"sha256 of the uploaded bytes does not match {oid}")

@@ -69,3 +69,21 @@ def random_inputs(batch=2, length=300, vocab=99, pad_tail=37, seed=1):
 
 def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.float() - b.float()).abs().max().item()
+
+
+def tiny_tokenizer(folder):
+    """The Pegasus tokenizer trained on the package's corpus (deterministic, ~1 s)."""
+    from bigbird_pegasus_hub.tokenizer import bundled_corpus_path, train_pegasus_tokenizer
+
+    return train_pegasus_tokenizer(bundled_corpus_path(), folder)
+
+
+def tiny_repo(folder, tokenizer_dir, seed=0, **overrides):
+    """A complete plugin repo of a tiny block-sparse model, written by the project's builder."""
+    from bigbird_pegasus_hub.repo import build_repo
+    from transformers import AutoTokenizer
+
+    torch.manual_seed(seed)
+    vocab = len(AutoTokenizer.from_pretrained(tokenizer_dir))
+    model = ours.BigBirdPegasusForConditionalGeneration(tiny_config(vocab_size=vocab, **overrides))
+    return build_repo(folder, model=model, tokenizer=tokenizer_dir, description="A tiny random test model.")
