@@ -1,11 +1,8 @@
 """Summarization pipeline for BigBirdPegasus (remote code: imports only torch and transformers' public API).
 
-transformers 5 dropped its built-in `summarization` pipeline, so a Hub repo registers this one in its config.json:
-
-    "custom_pipelines": {"summarization": {"impl": "pipeline_bigbird_pegasus.BigBirdPegasusSummarizationPipeline",
-                                           "pt": ["AutoModelForSeq2SeqLM"], "tf": [], "type": "text"}}
-
-and `pipeline("summarization", model=repo, trust_remote_code=True)` then loads it, on transformers 4.57 and 5.x alike.
+transformers 5 dropped its built-in `summarization` pipeline, so a Hub repo registers this one in its config.json
+(`"custom_pipelines": CUSTOM_PIPELINES`, below), and `pipeline("summarization", model=repo, trust_remote_code=True)`
+then loads it, on transformers 4.57 and 5.x alike.
 """
 
 import re
@@ -15,12 +12,22 @@ from transformers import Pipeline, logging
 
 logger = logging.get_logger(__name__)
 
+# What a Hub repo's config.json holds under "custom_pipelines" to serve this pipeline.
+CUSTOM_PIPELINES = {
+    "summarization": {
+        "impl": "pipeline_bigbird_pegasus.BigBirdPegasusSummarizationPipeline",
+        "pt": ["AutoModelForSeq2SeqLM"],
+        "tf": [],
+        "type": "text",
+    }
+}
+
 # Pegasus writes line breaks as this token, in its inputs and in its summaries.
 NEWLINE_TOKEN = "<n>"
 _LINE_BREAK = re.compile(r"\s*\n\s*")
 _NEWLINE_TOKEN_WITH_SPACES = re.compile(r"\s*" + re.escape(NEWLINE_TOKEN) + r"\s*")
 
-# Tokenizers that set no `model_max_length` report this huge placeholder (`transformers.tokenization_utils_base`).
+# Tokenizers that set no `model_max_length` report a huge placeholder (int(1e30)): this large means "no limit".
 _UNSET_MODEL_MAX_LENGTH = int(1e20)
 
 
@@ -83,8 +90,12 @@ class BigBirdPegasusSummarizationPipeline(Pipeline):
         """
         if isinstance(documents, tuple):
             documents = list(documents)
-        if isinstance(documents, list) and not documents:
-            return []
+        if isinstance(documents, list):
+            if not documents:
+                return []
+            # Fail before summarizing any document, rather than after the ones that precede a bad one.
+            for document in documents:
+                _check_document(document)
         results = super().__call__(documents, **kwargs)
         # A single string already comes back as a list; unwrap the one-summary lists of a list input likewise.
         if isinstance(documents, list) and all(len(summaries) == 1 for summaries in results):
@@ -141,7 +152,7 @@ class BigBirdPegasusSummarizationPipeline(Pipeline):
 
     def _forward(self, model_inputs, **generate_kwargs):
         input_batch_size = model_inputs["input_ids"].shape[0]
-        output_ids = self.model.generate(**model_inputs, **self._generate_kwargs(generate_kwargs))
+        output_ids = self.model.generate(**model_inputs, **self._complete_generate_kwargs(generate_kwargs))
         # Group the `num_return_sequences` summaries of each document, so that un-batching keeps them together.
         output_ids = output_ids.reshape(input_batch_size, -1, output_ids.shape[-1])
         return {"output_ids": output_ids}
@@ -176,11 +187,8 @@ class BigBirdPegasusSummarizationPipeline(Pipeline):
 
     def _model_text(self, document):
         """The document as the model was trained to read it: stripped, with line breaks as `<n>` if it knows them."""
-        if not isinstance(document, str):
-            raise TypeError(f"Documents to summarize must be strings, got {type(document).__name__}.")
+        _check_document(document)
         text = document.strip()
-        if not text:
-            raise ValueError("Cannot summarize an empty document (the input is empty or only whitespace).")
         if self._knows_newline_token():
             text = _LINE_BREAK.sub(NEWLINE_TOKEN, text)
         return text
@@ -188,7 +196,7 @@ class BigBirdPegasusSummarizationPipeline(Pipeline):
     def _knows_newline_token(self):
         return self.tokenizer.convert_tokens_to_ids(NEWLINE_TOKEN) not in (None, self.tokenizer.unk_token_id)
 
-    def _generate_kwargs(self, call_kwargs):
+    def _complete_generate_kwargs(self, call_kwargs):
         """The call's generate kwargs, plus the pipeline defaults for what neither the call nor the model sets."""
         if "generation_config" in call_kwargs:
             return call_kwargs  # the caller took over generation entirely
@@ -200,7 +208,8 @@ class BigBirdPegasusSummarizationPipeline(Pipeline):
             if name in already_set or (name == "max_new_tokens" and "max_length" in already_set):
                 continue
             generate_kwargs[name] = value
-        if model_settings.get("pad_token_id") is None and "pad_token_id" not in generate_kwargs:
+        # Batches are padded with the tokenizer's pad token: tell `generate()` if the model does not know it.
+        if "pad_token_id" not in already_set and self.tokenizer.pad_token_id is not None:
             generate_kwargs["pad_token_id"] = self.tokenizer.pad_token_id
         return generate_kwargs
 
@@ -228,6 +237,13 @@ class BigBirdPegasusSummarizationPipeline(Pipeline):
         if self.tokenizer.eos_token_id is not None:
             eos_token_ids = [*eos_token_ids, self.tokenizer.eos_token_id]
         return sorted(set(eos_token_ids))
+
+
+def _check_document(document):
+    if not isinstance(document, str):
+        raise TypeError(f"Documents to summarize must be strings, got {type(document).__name__}.")
+    if not document.strip():
+        raise ValueError("Cannot summarize an empty document (the input is empty or only whitespace).")
 
 
 def _warn_if_min_length_exceeds_max_length(generate_kwargs):

@@ -149,3 +149,10 @@ def test_check_repo_names_what_is_missing(built_repo, tmp_path):
     (tmp_path / "config.json").write_text((built_repo / "config.json").read_text())
     with pytest.raises(RepoError, match="modeling_bigbird_pegasus.py"):
         check_repo(tmp_path)
+
+
+def test_builder_accepts_a_sentencepiece_model(built_repo, tokenizer_dir, tmp_path):
+    model = ours.BigBirdPegasusForConditionalGeneration.from_pretrained(built_repo)
+    repo = build_repo(tmp_path / "from-spm", model=model, tokenizer=tokenizer_dir / "spiece.model")
+    for name in ("spiece.model", "tokenizer.json", "tokenizer_config.json"):
+        assert filecmp.cmp(repo / name, tokenizer_dir / name, shallow=False), name
