@@ -1,7 +1,5 @@
 """Behaviour of our model on its own: fallbacks, determinism, dtypes, compile, training plumbing."""
 
-import logging
-
 import numpy as np
 import pytest
 import torch

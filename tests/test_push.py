@@ -104,6 +104,8 @@ def test_refused_upload_and_incomplete_folder_give_clear_errors(hub, hub_repo_id
     hub.refuse_uploads = False
     with pytest.raises(RepoError, match="config.json"):
         push_repo(tmp_path, hub_repo_id)
+    with pytest.raises(PushError, match="network"):
+        push_repo(built_repo, hub_repo_id, endpoint="http://127.0.0.1:9")  # nothing listens on port 9
 
 
 def test_loading_a_repo_that_does_not_exist(hub, tmp_path):

@@ -7,9 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from huggingface_hub import HfApi
-from huggingface_hub.utils import HfHubHTTPError
 
-from .repo import RepoError, check_repo
+from .repo_files import RepoError, check_repo
 
 
 class PushError(RuntimeError):
@@ -59,7 +58,7 @@ def push_repo(
         commit = api.upload_folder(
             repo_id=repo_id, folder_path=folder, revision=branch, commit_message=commit_message, create_pr=create_pr
         )
-    except HfHubHTTPError as error:
+    except Exception as error:  # HTTP errors and the transport errors of whichever HTTP library the client uses
         raise PushError(f"Uploading {folder} to {repo_id} failed: {first_line(error)}. Check the repo id, that your "
                         "token may write to it (`hf auth login` or HF_TOKEN) and the network.") from error
     return PushResult(repo_id, commit.oid, commit.commit_url, getattr(commit, "pr_url", None))

@@ -21,19 +21,13 @@ from transformers import GenerationConfig
 from .plugin import modeling_bigbird_pegasus as modeling
 from .plugin.configuration_bigbird_pegasus import BigBirdPegasusConfig
 from .plugin.pipeline_bigbird_pegasus import CUSTOM_PIPELINES
+from .repo_files import CODE_FILES, TOKENIZER_FILES, RepoError, check_repo
 
-PLUGIN_DIR = Path(modeling.__file__).parent
-CODE_FILES = ("configuration_bigbird_pegasus.py", "modeling_bigbird_pegasus.py", "block_sparse_layout.py",
-              "pipeline_bigbird_pegasus.py")
-TOKENIZER_FILES = ("spiece.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-WEIGHTS_FILE = "model.safetensors"
+__all__ = ["CODE_FILES", "RepoError", "build_repo", "check_repo", "model_from_weights"]
+
 
 # The paper's decoding settings for arXiv/PubMed summaries, plus a guard against repeated trigrams.
 PAPER_GENERATION = dict(num_beams=5, length_penalty=0.8, max_length=256, no_repeat_ngram_size=3, early_stopping=True)
-
-
-class RepoError(ValueError):
-    """A repo cannot be built or is incomplete; the message says what is missing and what to do."""
 
 
 def build_repo(
@@ -83,7 +77,10 @@ def model_from_weights(config, state_dict) -> modeling.BigBirdPegasusForConditio
         model = modeling.BigBirdPegasusForConditionalGeneration(config)
     state_dict = dict(state_dict)
     state_dict.setdefault("final_logits_bias", torch.zeros(1, config.vocab_size))
-    missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
+    try:
+        missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
+    except RuntimeError as error:  # shape mismatches
+        raise RepoError(f"The weights do not fit the config: {error}") from error
     tied = {"lm_head.weight", "model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight"}
     missing = [key for key in missing if key not in tied]
     if missing or unexpected:
@@ -165,26 +162,6 @@ def as_generation_config(generation_config, model_config) -> GenerationConfig:
     ids = dict(bos_token_id=model_config.bos_token_id, eos_token_id=model_config.eos_token_id,
                pad_token_id=model_config.pad_token_id, decoder_start_token_id=model_config.decoder_start_token_id)
     return GenerationConfig(**{**ids, **PAPER_GENERATION, **(generation_config or {})})
-
-
-def check_repo(folder: Path):
-    """Refuses a folder that would not load: config without auto_map, missing code, weights or tokenizer."""
-    folder = Path(folder)
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise RepoError(f"{folder} has no config.json: it is not a model repo. Build one with `bigbird-pegasus build`.")
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    if "auto_map" not in config:
-        raise RepoError(f"{config_path} has no auto_map, so transformers would not find the plugin code: rebuild the "
-                        "repo with `bigbird-pegasus build` or upgrade it with `bigbird-pegasus upgrade`.")
-    missing = [name for name in CODE_FILES if not (folder / name).is_file()]
-    if not (folder / WEIGHTS_FILE).is_file() and not (folder / f"{WEIGHTS_FILE}.index.json").is_file():
-        missing.append(WEIGHTS_FILE)
-    if not (folder / "tokenizer_config.json").is_file():
-        missing.append("tokenizer_config.json (the tokenizer)")
-    if missing:
-        raise RepoError(f"{folder} is incomplete, missing: {', '.join(missing)}. Rebuild it with "
-                        "`bigbird-pegasus build`.")
 
 
 def model_card(config: BigBirdPegasusConfig, description: str | None) -> str:
