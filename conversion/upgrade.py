@@ -1,0 +1,215 @@
+"""Upgrade a checkpoint of transformers' built-in ``bigbird_pegasus`` into a plugin repo.
+
+Our parameter and config names equal the built-in model's, so upgrading copies the weights (safetensors or a
+``.bin``, sharded or not), the config, the generation config and the tokenizer files into a repo written by
+``bigbird_pegasus_hub.repo.build_repo``, which adds the plugin code and ``auto_map``. Example::
+
+    upgrade_builtin("google/bigbird-pegasus-large-arxiv", "bigbird-pegasus-large-arxiv-plugin")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+
+import torch
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError, RevisionNotFoundError
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from transformers import GenerationConfig
+
+from bigbird_pegasus_hub.plugin.configuration_bigbird_pegasus import BigBirdPegasusConfig
+from bigbird_pegasus_hub.repo import build_repo
+
+from .tf_to_plugin import ConversionError, _bullets, add_tied_word_embeddings, expected_state_dict_shapes
+
+__all__ = ["load_builtin_weights", "upgrade_builtin"]
+
+CONFIG_FILE = "config.json"
+GENERATION_CONFIG_FILE = "generation_config.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+# (single file, index of a sharded checkpoint), safetensors first.
+WEIGHT_FILES = (
+    ("model.safetensors", "model.safetensors.index.json"),
+    ("pytorch_model.bin", "pytorch_model.bin.index.json"),
+)
+# What a download needs; the .bin weights are fetched only when a repo has no safetensors.
+_SAFETENSORS_SNAPSHOT = ["*.json", "*.model", "model*.safetensors"]
+_BIN_SNAPSHOT = ["pytorch_model*.bin"]
+# Shared by model and generation configs; every other generation setting moves out of an old config.json.
+_MODEL_CONFIG_KEYS = frozenset({
+    "bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id", "use_cache", "output_attentions",
+    "output_hidden_states", "transformers_version",
+})
+
+
+def upgrade_builtin(
+    src: str | os.PathLike, out_dir: str | os.PathLike, *, revision: str | None = None, overwrite: bool = False
+) -> Path:
+    """Write a plugin repo for a built-in bigbird_pegasus checkpoint and return its path.
+
+    Args:
+        src: a local folder, or a Hub repo id (downloaded with ``snapshot_download``).
+        out_dir: the repo folder to create.
+        revision: branch, tag or commit of a Hub repo.
+        overwrite: replace an existing ``out_dir``.
+
+    Raises:
+        ConversionError: before anything is written.
+    """
+    if Path(out_dir).exists() and not overwrite:
+        raise ConversionError(f"{out_dir} already exists: choose another folder or pass overwrite=True (--overwrite)")
+    folder = _source_folder(src, revision)
+    raw_config = _read_builtin_config(folder)
+    tokenizer = _tokenizer_folder(folder)
+    config = BigBirdPegasusConfig.from_dict(_without_generation_settings(raw_config))
+    expected = expected_state_dict_shapes(config)
+    state_dict = _completed(load_builtin_weights(folder), expected)
+    _check_weights(state_dict, expected)
+    return build_repo(
+        out_dir, config=config, state_dict=state_dict, tokenizer=tokenizer,
+        generation_config=_generation_config(folder, raw_config),
+        description=f"Upgraded from the transformers built-in bigbird_pegasus checkpoint `{src}`.", overwrite=overwrite,
+    )
+
+
+def _source_folder(src, revision: str | None) -> Path:
+    path = Path(src)
+    if path.is_dir():
+        if revision is not None:
+            raise ConversionError(f"{src} is a local folder: revision= only applies to Hub repo ids")
+        return path
+    try:
+        folder = Path(snapshot_download(str(src), revision=revision, allow_patterns=_SAFETENSORS_SNAPSHOT))
+        if not _weight_files(folder):
+            folder = Path(snapshot_download(str(src), revision=revision, allow_patterns=_BIN_SNAPSHOT))
+    except HFValidationError:
+        raise ConversionError(f"{src} is neither a local folder nor a Hub repo id") from None
+    except RepositoryNotFoundError:
+        raise ConversionError(
+            f"{src} is not a local folder, and the Hub has no such repo (or it is private: log in)"
+        ) from None
+    except RevisionNotFoundError:
+        raise ConversionError(f"the Hub repo {src} has no revision {revision!r}") from None
+    return folder
+
+
+def _read_builtin_config(folder: Path) -> dict:
+    path = folder / CONFIG_FILE
+    if not path.is_file():
+        raise ConversionError(f"{folder} has no {CONFIG_FILE}: it is not a transformers model folder")
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if config.get("model_type") != "bigbird_pegasus":
+        raise ConversionError(
+            f"{path} describes a {config.get('model_type')!r} model, not bigbird_pegasus: only transformers' built-in "
+            "BigBirdPegasus checkpoints can be upgraded"
+        )
+    return config
+
+
+def _generation_settings(raw_config: dict) -> dict:
+    defaults = GenerationConfig().to_dict()
+    return {key: value for key, value in raw_config.items() if key in defaults and key not in _MODEL_CONFIG_KEYS}
+
+
+def _without_generation_settings(raw_config: dict) -> dict:
+    # transformers 4.x warns about (and will refuse) decoding settings saved in a model config.
+    moved = _generation_settings(raw_config)
+    return {key: value for key, value in raw_config.items() if key not in moved}
+
+
+def _generation_config(folder: Path, raw_config: dict) -> GenerationConfig:
+    if (folder / GENERATION_CONFIG_FILE).is_file():
+        return GenerationConfig.from_pretrained(folder)
+    # Older repos (google/bigbird-pegasus-large-*) keep their decoding settings in config.json.
+    token_ids = {key: raw_config[key] for key in _MODEL_CONFIG_KEYS if key.endswith("_token_id") and key in raw_config}
+    defaults = GenerationConfig().to_dict()
+    changed = {key: value for key, value in _generation_settings(raw_config).items() if value != defaults[key]}
+    return GenerationConfig(**token_ids, **changed)
+
+
+def _tokenizer_folder(folder: Path) -> Path:
+    if not (folder / TOKENIZER_CONFIG_FILE).is_file():
+        raise ConversionError(f"{folder} has no tokenizer ({TOKENIZER_CONFIG_FILE}); a plugin repo needs one")
+    return folder
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Weights.
+
+
+def load_builtin_weights(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The state dict saved in ``folder``: model.safetensors or pytorch_model.bin, possibly sharded."""
+    files = _weight_files(Path(folder))
+    if not files:
+        names = ", ".join(name for pair in WEIGHT_FILES for name in pair)
+        raise ConversionError(f"{folder} has no weights: expected one of {names}")
+    state_dict = {}
+    for path in files:
+        state_dict.update(_load_weights_file(path))
+    return state_dict
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    """The files of the first weights format present in ``folder`` ([] if none)."""
+    for single, index in WEIGHT_FILES:
+        if (folder / index).is_file():
+            return _shards(folder, index)
+        if (folder / single).is_file():
+            return [folder / single]
+    return []
+
+
+def _shards(folder: Path, index: str) -> list[Path]:
+    try:
+        weight_map = json.loads((folder / index).read_text(encoding="utf-8"))["weight_map"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise ConversionError(f"{folder / index} is not a checkpoint index (no weight_map)") from None
+    files = [folder / name for name in sorted(set(weight_map.values()))]
+    missing = [path.name for path in files if not path.is_file()]
+    if missing:
+        raise ConversionError(f"shard(s) {', '.join(missing)} listed in {index} are missing from {folder}")
+    return files
+
+
+def _load_weights_file(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(path)
+        except SafetensorError as error:
+            raise ConversionError(f"{path} is not a readable safetensors file ({error})") from None
+    try:
+        # weights_only: a .bin is a pickle, and only plain tensors may come out of it.
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConversionError(
+            f"{path} cannot be loaded as plain tensors ({first_line}); re-save it as safetensors where you trust it"
+        ) from None
+
+
+def _completed(state_dict: dict[str, torch.Tensor], expected: dict[str, torch.Size]) -> dict[str, torch.Tensor]:
+    """Fill in what transformers leaves out when saving: the tied embeddings, and a zero logits bias."""
+    if "model.shared.weight" in state_dict:
+        add_tied_word_embeddings(state_dict)
+    state_dict.setdefault("final_logits_bias", torch.zeros(expected["final_logits_bias"]))
+    return state_dict
+
+
+def _check_weights(state_dict: dict[str, torch.Tensor], expected: dict[str, torch.Size]) -> None:
+    problems = [
+        *(f"missing weight: {name}" for name in expected if name not in state_dict),
+        *(f"unexpected weight: {name}" for name in state_dict if name not in expected),
+        *(
+            f"shape mismatch: {name} has {list(tensor.shape)}, the config needs {list(expected[name])}"
+            for name, tensor in state_dict.items()
+            if name in expected and tensor.shape != expected[name]
+        ),
+    ]
+    if problems:
+        raise ConversionError(
+            f"the weights do not fit their {CONFIG_FILE} ({len(problems)} problem(s)):" + _bullets(problems)
+        )
