@@ -89,3 +89,22 @@ def hub(hub_server):
 def hub_repo_id() -> str:
     """A repo id that no other test uses."""
     return f"test-user/repo-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def single_thread():
+    """Tiny models run fastest on one thread, and OpenMP threads stall when test processes share the CPUs."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory):
+    """The Pegasus tokenizer trained on the package's corpus, shared by every test."""
+    from tiny import tiny_tokenizer
+
+    return tiny_tokenizer(tmp_path_factory.mktemp("tokenizer"))

@@ -32,7 +32,6 @@ from bigbird_pegasus_hub import cli
 from bigbird_pegasus_hub.plugin.modeling_bigbird_pegasus import BigBirdPegasusForConditionalGeneration
 from bigbird_pegasus_hub.repo import build_repo, check_repo
 from bigbird_pegasus_hub.summarize import token_windows
-from bigbird_pegasus_hub.tokenizer import bundled_corpus_path, train_pegasus_tokenizer
 
 MAX_POSITIONS = 256  # small, so that a page of text already overflows the model
 FAST = ("--max-length", "8", "--num-beams", "1")
@@ -115,11 +114,6 @@ def installed_script() -> str:
 
 # ----------------------------------------------------------------------------------------------------------------
 # Fixtures.
-
-
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory) -> Path:
-    return train_pegasus_tokenizer(bundled_corpus_path(), tmp_path_factory.mktemp("tokenizer"))
 
 
 @pytest.fixture(scope="module")

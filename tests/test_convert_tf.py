@@ -25,7 +25,6 @@ from bigbird_pegasus_hub.conversion.tf_to_plugin import (
 )
 from bigbird_pegasus_hub.plugin.modeling_bigbird_pegasus import BigBirdPegasusForConditionalGeneration
 from tf_bundle_writer import write_bundle
-from tiny import tiny_tokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tf_reference"
 REFERENCE = json.loads((FIXTURES / "config.json").read_text())
@@ -51,20 +50,6 @@ def converted_model(prefix: Path, params: dict) -> BigBirdPegasusForConditionalG
     model = BigBirdPegasusForConditionalGeneration(config)
     model.load_state_dict(tf_checkpoint_to_state_dict(prefix, config), strict=True)
     return model.eval()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny models run fastest on one thread, and OpenMP threads stall when test processes share the CPUs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory):
-    return tiny_tokenizer(tmp_path_factory.mktemp("tokenizer"))
 
 
 # -- the original code's outputs -----------------------------------------------------------------------------

@@ -13,14 +13,13 @@ from transformers import AutoTokenizer
 from bigbird_pegasus_hub.hub import PushError, push_repo
 from bigbird_pegasus_hub.plugin import modeling_bigbird_pegasus as ours
 from bigbird_pegasus_hub.repo import CODE_FILES, RepoError
-from tiny import tiny_repo, tiny_tokenizer
+from tiny import tiny_repo
 
 DOCUMENT = " ".join(["Snow fell across the valley and the roads were closed for two days."] * 30)
 
 
 @pytest.fixture(scope="module")
-def built_repo(tmp_path_factory):
-    tokenizer_dir = tiny_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+def built_repo(tmp_path_factory, tokenizer_dir):
     return tiny_repo(tmp_path_factory.mktemp("push") / "repo", tokenizer_dir)
 
 

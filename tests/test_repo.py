@@ -12,7 +12,7 @@ from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer, pipel
 
 from bigbird_pegasus_hub.plugin import modeling_bigbird_pegasus as ours
 from bigbird_pegasus_hub.repo import CODE_FILES, RepoError, build_repo, check_repo
-from tiny import random_inputs, tiny_repo, tiny_tokenizer
+from tiny import random_inputs, tiny_repo
 
 ROOT = Path(__file__).resolve().parents[1]
 AUTO_CLASSES = {
@@ -23,11 +23,6 @@ AUTO_CLASSES = {
     "AutoModelForQuestionAnswering": "BigBirdPegasusForQuestionAnswering",
 }
 LONG_TEXT = " ".join(["The river rose slowly through the night while the town slept."] * 40)
-
-
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory):
-    return tiny_tokenizer(tmp_path_factory.mktemp("tokenizer"))
 
 
 @pytest.fixture(scope="module")

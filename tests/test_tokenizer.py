@@ -42,11 +42,6 @@ print(json.dumps({"version": transformers.__version__, "ids": [tokenizer(text)["
 
 
 @pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory):
-    return train_pegasus_tokenizer(bundled_corpus_path(), tmp_path_factory.mktemp("pegasus_tokenizer"))
-
-
-@pytest.fixture(scope="module")
 def tokenizer(tokenizer_dir):
     return AutoTokenizer.from_pretrained(tokenizer_dir)
 

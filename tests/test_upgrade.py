@@ -13,26 +13,12 @@ from transformers import AutoModelForSeq2SeqLM
 
 from bigbird_pegasus_hub.conversion.tf_to_plugin import ConversionError
 from bigbird_pegasus_hub.conversion.upgrade import load_builtin_weights, upgrade_builtin
-from tiny import max_abs_diff, random_inputs, tiny_tokenizer, twin_models
+from tiny import max_abs_diff, random_inputs, twin_models
 
 TOL = 1e-5
 # The built-in model draws the original random blocks only in train mode (tiny's dropouts are all 0), on the
 # original 4096-token grid because tiny's max_position_embeddings is 4096, at one of the paper's lengths.
 BLOCK_SPARSE_LENGTH = 1024
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny models run fastest on one thread, and OpenMP threads stall when test processes share the CPUs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory):
-    return tiny_tokenizer(tmp_path_factory.mktemp("tokenizer"))
 
 
 def builtin_model(attention_type: str):
