@@ -202,22 +202,38 @@ class BlockSparseLayout:
     slot_allowed: [num_blocks - 2, 5 + num_random] bool. The window of the second and the second-to-last query
         block already holds a global block; its second copy is switched off so it is not counted twice.
         (Random blocks that repeat another block ARE counted twice, exactly as in the original.)
+    head_key_blocks: [num_heads * (num_blocks - 2) * (5 + num_random)] long, `key_blocks` flattened and offset by
+        `head * num_blocks`: rows of one input's keys viewed as [num_heads * num_blocks, block_size * head_dim],
+        so one `index_select` gathers every row's key blocks.
+    key_allowed: [num_blocks - 2, (5 + num_random) * block_size] bool, `slot_allowed` per key token.
     """
 
     key_blocks: torch.Tensor
     slot_allowed: torch.Tensor
+    head_key_blocks: torch.Tensor
+    key_allowed: torch.Tensor
 
     @property
     def num_blocks(self) -> int:
         return self.key_blocks.shape[1] + 2
 
+    @property
+    def block_size(self) -> int:
+        return self.key_allowed.shape[1] // self.slot_allowed.shape[1]
+
     def to(self, device) -> "BlockSparseLayout":
-        return BlockSparseLayout(self.key_blocks.to(device), self.slot_allowed.to(device))
+        return BlockSparseLayout(*(tensor.to(device) for tensor in
+                                   (self.key_blocks, self.slot_allowed, self.head_key_blocks, self.key_allowed)))
 
 
 @lru_cache(maxsize=256)
-def block_sparse_layout(seed: int, seq_length: int, num_heads: int, block_size: int, num_random: int):
-    """Builds (and caches) the layout of encoder layer `seed` for a padded length `seq_length`."""
+def block_sparse_layout(seed: int, seq_length: int, num_heads: int, block_size: int, num_random: int,
+                        device: torch.device | None = None) -> BlockSparseLayout:
+    """The (cached) layout of encoder layer `seed` for a padded length `seq_length`, on `device` (CPU if None).
+
+    Cached per device too, so attention never copies the table to the accelerator again."""
+    if device is not None:
+        return block_sparse_layout(seed, seq_length, num_heads, block_size, num_random).to(device)
     num_blocks = seq_length // block_size
     query_blocks = torch.arange(1, num_blocks - 1)
     fixed = torch.stack(
@@ -230,4 +246,6 @@ def block_sparse_layout(seed: int, seq_length: int, num_heads: int, block_size: 
     slot_allowed = torch.ones(num_blocks - 2, FIXED_SLOTS + num_random, dtype=torch.bool)
     slot_allowed[0, FIRST_GLOBAL_SLOT] = False
     slot_allowed[-1, LAST_GLOBAL_SLOT] = False
-    return BlockSparseLayout(key_blocks, slot_allowed)
+    head_key_blocks = (key_blocks + torch.arange(num_heads)[:, None, None] * num_blocks).flatten()
+    key_allowed = slot_allowed.repeat_interleave(block_size, dim=-1)
+    return BlockSparseLayout(key_blocks, slot_allowed, head_key_blocks, key_allowed)

@@ -118,17 +118,18 @@ class BigBirdPegasusSelfAttention(nn.Module):
         self.value = nn.Linear(config.d_model, config.d_model, bias=config.use_bias)
 
     def forward(self, hidden_states, attention_mask, use_block_sparse, output_attentions=False, head_mask=None):
-        """attention_mask: [batch, seq] with 1 for tokens, 0 for padding (seq is a multiple of block_size when
-        `use_block_sparse`). Returns the context [batch, seq, d_model] and, if asked, dense probabilities."""
+        """attention_mask: [batch, seq] with 1 for tokens, 0 for padding, or None when nothing is padded (seq is
+        a multiple of block_size when `use_block_sparse`). Returns the context [batch, seq, d_model] and, if
+        asked, dense probabilities."""
         query = split_heads(self.query(hidden_states), self.num_heads)
         key = split_heads(self.key(hidden_states), self.num_heads)
         value = split_heads(self.value(hidden_states), self.num_heads)
+        token_mask = None if attention_mask is None else attention_mask.bool()
         if use_block_sparse:
             layout = self.layout(hidden_states.shape[1], hidden_states.device)
-            context, probs = block_sparse_attention(query, key, value, attention_mask.bool(), layout,
-                                                    self.block_size, output_attentions)
+            context, probs = block_sparse_attention(query, key, value, layout, token_mask, output_attentions)
         else:
-            bias = additive_mask(attention_mask.bool()[:, None, None, :], query.dtype)
+            bias = None if token_mask is None else additive_mask(token_mask[:, None, None, :], query.dtype)
             dropout = self.dropout if self.training else 0.0
             context, probs = attend(query, key, value, bias, dropout, output_attentions)
         context, probs = apply_head_mask(context, probs, head_mask)
@@ -136,55 +137,78 @@ class BigBirdPegasusSelfAttention(nn.Module):
 
     def layout(self, seq_length: int, device) -> BlockSparseLayout:
         return block_sparse_layout(
-            self.layer_idx, seq_length, self.num_heads, self.block_size, self.num_random_blocks
-        ).to(device)
+            self.layer_idx, seq_length, self.num_heads, self.block_size, self.num_random_blocks, device
+        )
 
 
-def block_sparse_attention(query, key, value, token_mask, layout: BlockSparseLayout, block_size, need_weights):
+def block_sparse_attention(query, key, value, layout: BlockSparseLayout, token_mask=None, need_weights=False):
     """BigBird ITC attention: global first/last query blocks, and for every other query block its window, the
     two global blocks and its random blocks, all gathered through `layout` and attended in one batched call.
 
-    query/key/value: [batch, heads, seq, head_dim]; token_mask: [batch, seq] bool.
+    query/key/value: [batch, heads, seq, head_dim]; token_mask: [batch, seq] bool, or None without padding.
     """
-    batch, heads, seq_length, head_dim = query.shape
-    num_blocks = seq_length // block_size
-    blocked = lambda t: t.view(batch, heads, num_blocks, block_size, head_dim)  # noqa: E731
-
-    # The two global query blocks see every key.
-    global_query = torch.cat([query[:, :, :block_size], query[:, :, -block_size:]], dim=2)
-    global_bias = additive_mask(token_mask[:, None, None, :], query.dtype)
-    global_context, global_probs = attend(global_query, key, value, global_bias, need_weights=need_weights)
-
-    # Every other query block sees the key blocks of its row of the layout table.
-    middle_keys = gather_blocks(blocked(key), layout.key_blocks)
-    middle_values = gather_blocks(blocked(value), layout.key_blocks)
-    key_allowed = gather_blocks(token_mask.view(batch, 1, num_blocks, block_size, 1), layout.key_blocks)
-    key_allowed = key_allowed.squeeze(-1) & layout.slot_allowed.repeat_interleave(block_size, dim=-1)
-    middle_bias = additive_mask(key_allowed[..., None, :], query.dtype)
-    middle_query = blocked(query)[:, :, 1:-1]
-    middle_context, middle_probs = attend(middle_query, middle_keys, middle_values, middle_bias,
-                                          need_weights=need_weights)
-
-    context = torch.cat(
-        [global_context[:, :, :block_size], middle_context.flatten(2, 3), global_context[:, :, block_size:]], dim=2
-    )
-    # Padded queries get a zero context, as in the original.
-    context = context * token_mask[:, None, :, None].to(context.dtype)
+    block_size = layout.block_size
+    # One head-major copy of the keys and values serves both the block gather and the global queries' SDPA.
+    key, value = key.contiguous(), value.contiguous()
+    global_context, global_probs = attend_global_blocks(query, key, value, token_mask, block_size, need_weights)
+    middle_context, middle_probs = attend_middle_blocks(query, key, value, layout, token_mask, need_weights)
+    context = torch.cat([global_context[:, :, :block_size], middle_context, global_context[:, :, block_size:]], dim=2)
     probs = None
     if need_weights:
-        probs = dense_block_sparse_probs(global_probs, middle_probs, layout, block_size, seq_length)
-        probs = probs * token_mask[:, None, :, None].to(probs.dtype)
+        probs = dense_block_sparse_probs(global_probs, middle_probs, layout, block_size, query.shape[2])
+    if token_mask is not None:
+        # Padded queries get a zero context, as in the original.
+        query_mask = token_mask[:, None, :, None]
+        context = context * query_mask.to(context.dtype)
+        probs = None if probs is None else probs * query_mask.to(probs.dtype)
     return context, probs
 
 
-def gather_blocks(blocks: torch.Tensor, key_blocks: torch.Tensor) -> torch.Tensor:
-    """blocks: [batch, heads or 1, num_blocks, block_size, dim]; key_blocks: [heads, rows, slots].
-    Returns [batch, heads, rows, slots * block_size, dim]: each row's key blocks laid end to end."""
-    batch, _, _, block_size, dim = blocks.shape
-    heads, rows, slots = key_blocks.shape
-    blocks = blocks.expand(batch, heads, *blocks.shape[2:])
-    head_index = torch.arange(heads, device=key_blocks.device)[:, None, None]
-    return blocks[:, head_index, key_blocks].reshape(batch, heads, rows, slots * block_size, dim)
+def attend_global_blocks(query, key, value, token_mask, block_size, need_weights):
+    """The first and the last query block see every key: [batch, heads, 2 * block_size, head_dim]."""
+    global_query = torch.cat([query[:, :, :block_size], query[:, :, -block_size:]], dim=2)
+    bias = None if token_mask is None else additive_mask(token_mask[:, None, None, :], query.dtype)
+    return attend(global_query, key, value, bias, need_weights=need_weights)
+
+
+def attend_middle_blocks(query, key, value, layout: BlockSparseLayout, token_mask, need_weights):
+    """Every other query block against its row of key blocks, in one call: SDPA's batch is (batch, head) and its
+    "heads" are the rows, so it stays 4D (the fused kernels need that). Returns the context
+    [batch, heads, rows * block_size, head_dim] and, if asked, probabilities [batch, heads, rows, block, keys]."""
+    batch, heads, seq_length, head_dim = query.shape
+    block_size, rows = layout.block_size, layout.num_blocks - 2
+    middle_query = query.unflatten(2, (layout.num_blocks, block_size))[:, :, 1:-1]
+    middle_query = middle_query.reshape(batch * heads, rows, block_size, head_dim)
+    bias = middle_block_bias(layout, token_mask, heads, query.dtype)
+    context, probs = attend(middle_query, gather_key_blocks(key, layout), gather_key_blocks(value, layout), bias,
+                            need_weights=need_weights)
+    if probs is not None:
+        probs = probs.view(batch, heads, rows, block_size, -1)
+    return context.view(batch, heads, rows * block_size, head_dim), probs
+
+
+def gather_key_blocks(states: torch.Tensor, layout: BlockSparseLayout) -> torch.Tensor:
+    """states: [batch, heads, seq, head_dim] -> [batch * heads, rows, slots * block_size, head_dim]: each row's
+    key blocks laid end to end, by one index_select over the blocks of every (input, head)."""
+    batch, heads, seq_length, head_dim = states.shape
+    blocks = states.contiguous().view(batch * heads * layout.num_blocks, -1)
+    index = layout.head_key_blocks
+    if batch > 1:
+        first_block = torch.arange(batch, device=index.device)[:, None] * (heads * layout.num_blocks)
+        index = (first_block + index).flatten()
+    return blocks.index_select(0, index).view(batch * heads, layout.num_blocks - 2, -1, head_dim)
+
+
+def middle_block_bias(layout: BlockSparseLayout, token_mask, heads, dtype) -> torch.Tensor:
+    """Additive bias of the gathered keys, [1 or batch * heads, rows, 1, keys]: the duplicate global slots of
+    the second and second-to-last row and, only when there is padding, the padded keys."""
+    allowed = layout.key_allowed[None, :, None, :]
+    if token_mask is not None:
+        batch, rows = token_mask.shape[0], layout.num_blocks - 2
+        token_blocks = token_mask.unflatten(1, (layout.num_blocks, -1))
+        key_tokens = token_blocks[:, layout.key_blocks].view(batch * heads, rows, 1, -1)
+        allowed = allowed & key_tokens
+    return additive_mask(allowed, dtype)
 
 
 def dense_block_sparse_probs(global_probs, middle_probs, layout, block_size, seq_length):
@@ -235,12 +259,16 @@ class BigBirdPegasusDecoderAttention(nn.Module):
 
     def forward(self, hidden_states, key_value_states=None, attention_bias=None, cache=None,
                 output_attentions=False, head_mask=None):
-        query = split_heads(self.q_proj(hidden_states), self.num_heads)
+        batch, length, width = hidden_states.shape
         key, value = self.key_value(hidden_states, key_value_states, cache)
+        # In generation all beams of one input share one encoder output (see `_expand_inputs_for_generation`):
+        # their queries attend to it together, as one longer query per input.
+        query = split_heads(self.q_proj(hidden_states).reshape(key.shape[0], -1, width), self.num_heads)
         dropout = self.dropout if self.training else 0.0
         context, probs = attend(query, key, value, attention_bias, dropout, output_attentions)
         context, probs = apply_head_mask(context, probs, head_mask)
-        return self.out_proj(merge_heads(context)), probs
+        output = self.out_proj(merge_heads(context)).view(batch, length, width)
+        return output, ungroup_queries(probs, batch)
 
     def key_value(self, hidden_states, key_value_states, cache):
         if self.is_cross_attention:
@@ -264,6 +292,14 @@ class BigBirdPegasusDecoderAttention(nn.Module):
             key, value = cross_cache.update(key, value, self.layer_idx)
             cache.is_updated[self.layer_idx] = True
         return key, value
+
+
+def ungroup_queries(probs, batch):
+    """[inputs, heads, beams * length, keys] probabilities of grouped queries -> [batch, heads, length, keys]."""
+    if probs is None or probs.shape[0] == batch:
+        return probs
+    inputs, heads, _, keys = probs.shape
+    return probs.view(inputs, heads, batch // inputs, -1, keys).transpose(1, 2).reshape(batch, heads, -1, keys)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -372,11 +408,38 @@ class BigBirdPegasusPreTrainedModel(PreTrainedModel):
         elif isinstance(module, BigBirdPegasusForConditionalGeneration):
             nn.init.zeros_(module.final_logits_bias)
 
+    if not TRANSFORMERS_V5:
+
+        @classmethod
+        def _load_pretrained_model(cls, model, *args, **kwargs):
+            # transformers 4 sends a top-level tensor that the device_map puts on "disk" (final_logits_bias) to
+            # the offload index, but accelerate only hooks modules: it would silently keep its initial zeros.
+            result = super()._load_pretrained_model(model, *args, **kwargs)
+            if "disk" in (kwargs.get("device_map") or {}).values():
+                load_offloaded_top_level_tensors(model, result[4], kwargs.get("disk_offload_folder"))
+            return result
+
     @property
     def dummy_inputs(self):
         pad = self.config.pad_token_id
         input_ids = torch.tensor([[0, 6, 10, 4, 2], [0, 8, 12, 2, pad]], device=self.device)
         return {"attention_mask": input_ids.ne(pad), "input_ids": input_ids}
+
+
+def load_offloaded_top_level_tensors(model, offload_index, offload_folder):
+    """Loads onto the CPU the disk-offloaded tensors that belong to the model itself, not to a submodule.
+
+    `offload_index` points into safetensors checkpoints; without it (other checkpoints) the weights and their
+    index were written to `offload_folder`.
+    """
+    try:  # transformers' remote-code import check skips try blocks: only device_map users need accelerate
+        from accelerate.utils import OffloadedWeightsLoader, set_module_tensor_to_device
+    except ImportError as error:  # unreachable: device_map needs accelerate
+        raise ImportError("Offloading to disk needs accelerate: pip install accelerate") from error
+    weights = OffloadedWeightsLoader(save_folder=offload_folder, index=offload_index)
+    for name in weights.all_keys:
+        if "." not in name:
+            set_module_tensor_to_device(model, name, "cpu", value=weights[name])
 
 
 def scaled_word_embedding(config: BigBirdPegasusConfig) -> BigBirdPegasusScaledWordEmbedding:
@@ -409,7 +472,9 @@ class BigBirdPegasusEncoder(BigBirdPegasusPreTrainedModel):
         inputs_embeds = embed_inputs(self.embed_tokens, input_ids, inputs_embeds)
         batch, seq_length = inputs_embeds.shape[:2]
         check_length(seq_length, self.config.max_position_embeddings, "input")
-        hidden_states = inputs_embeds + self.embed_positions(seq_length).to(inputs_embeds.dtype)
+        # A device_map may put embed_positions on another device than embed_tokens.
+        positions = self.embed_positions(seq_length).to(inputs_embeds.device, inputs_embeds.dtype)
+        hidden_states = inputs_embeds + positions
         hidden_states = F.dropout(hidden_states, p=self.config.dropout, training=self.training)
         if attention_mask is None:
             attention_mask = torch.ones(batch, seq_length, dtype=torch.long, device=hidden_states.device)
@@ -419,6 +484,7 @@ class BigBirdPegasusEncoder(BigBirdPegasusPreTrainedModel):
         padding = (-seq_length) % self.config.block_size if use_block_sparse else 0
         hidden_states = F.pad(hidden_states, (0, 0, 0, padding))
         attention_mask = F.pad(attention_mask, (0, padding), value=0)
+        attention_mask = None if is_unpadded(attention_mask) else attention_mask
 
         all_hidden_states, all_attentions = [], []
         for idx, layer in enumerate(self.layers):
@@ -499,11 +565,13 @@ class BigBirdPegasusDecoder(BigBirdPegasusPreTrainedModel):
         batch, seq_length = inputs_embeds.shape[:2]
         past_length = cache.get_seq_length() if cache is not None else 0
         check_length(past_length + seq_length, self.config.max_position_embeddings, "decoder input")
-        positions = self.embed_positions(seq_length, past_length).to(inputs_embeds.dtype)
+        positions = self.embed_positions(seq_length, past_length).to(inputs_embeds.device, inputs_embeds.dtype)
         hidden_states = F.dropout(inputs_embeds + positions, p=self.config.dropout, training=self.training)
 
         self_bias = causal_bias(attention_mask, batch, seq_length, past_length, hidden_states)
         cross_bias = None
+        if encoder_hidden_states is not None:
+            check_encoder_batch(batch, encoder_hidden_states.shape[0])
         if encoder_hidden_states is not None and encoder_attention_mask is not None:
             cross_bias = additive_mask(encoder_attention_mask.bool()[:, None, None, :], hidden_states.dtype)
 
@@ -561,24 +629,47 @@ def check_head_mask(head_mask, num_layers: int, name: str):
         raise ValueError(f"{name} must have one row per layer ({num_layers}), got shape {tuple(head_mask.shape)}.")
 
 
+def check_encoder_batch(batch: int, encoder_batch: int):
+    # Rows of one input may share its encoder output (beam search does): `batch` is a multiple of its batch.
+    if batch % encoder_batch != 0:
+        raise ValueError(
+            f"The decoder input has {batch} rows but encoder_hidden_states has {encoder_batch}: pass one encoder "
+            "output per decoder row, or one per input shared by consecutive rows (e.g. beams)."
+        )
+
+
+def is_unpadded(attention_mask: torch.Tensor) -> bool:
+    """True when the mask has no padding, so attention can skip its key-padding bias. One check per forward;
+    under torch.compile we keep the mask rather than break the graph on a data-dependent branch."""
+    if getattr(torch.compiler, "is_compiling", lambda: False)():  # torch >= 2.3
+        return False
+    return bool(attention_mask.all())
+
+
 def skip_layer(training: bool, layerdrop: float) -> bool:
     # LayerDrop (https://huggingface.co/papers/1909.11556), in training only.
     return training and layerdrop > 0.0 and bool(torch.rand([]) < layerdrop)
 
 
 def causal_bias(attention_mask, batch, seq_length, past_length, like):
-    """Additive [batch, 1, seq, past + seq] mask: causal, and padding from a 2D decoder attention mask."""
+    """Additive [batch, 1, seq, past + seq] mask: causal, and padding from a 2D decoder attention mask.
+
+    A single new token (every generation step) sees the whole cache: no causal part to build, and no bias at
+    all without a decoder attention mask."""
     total = past_length + seq_length
-    query_pos = torch.arange(past_length, total, device=like.device)[:, None]
-    allowed = (torch.arange(total, device=like.device)[None, :] <= query_pos)[None, None]
+    key_allowed = None
     if attention_mask is not None:
         if attention_mask.dim() != 2:
             raise ValueError("decoder attention_mask must be 2D [batch, length] with 1 for tokens and 0 for padding.")
         if attention_mask.shape[1] == seq_length and past_length:
             attention_mask = F.pad(attention_mask, (past_length, 0), value=1)
-        allowed = allowed & attention_mask[:, None, None, -total:].bool()
-    if seq_length == 1 and attention_mask is None:
-        return None  # one new token may see the whole cache
+        key_allowed = attention_mask[:, None, None, -total:].bool().to(like.device)
+    if seq_length == 1:
+        return None if key_allowed is None else additive_mask(key_allowed, like.dtype)
+    query_pos = torch.arange(past_length, total, device=like.device)[:, None]
+    allowed = (torch.arange(total, device=like.device)[None, :] <= query_pos)[None, None]
+    if key_allowed is not None:
+        allowed = allowed & key_allowed
     return additive_mask(allowed.expand(batch, 1, seq_length, total), like.dtype)
 
 
@@ -698,6 +789,27 @@ class BigBirdPegasusForConditionalGeneration(BigBirdPegasusPreTrainedModel, Gene
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor):
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
 
+    def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None, **model_kwargs):
+        """generate() hook: copies inputs once per beam (or returned sequence). The encoder output and its mask
+        stay one per input instead: cross-attention groups the beams' queries, so the cross-attention keys and
+        values are projected, stored and read once per input and never reordered between beams."""
+        shared = {name: model_kwargs.pop(name) for name in ("encoder_outputs", "attention_mask")
+                  if name in model_kwargs}
+        input_ids, model_kwargs = super()._expand_inputs_for_generation(
+            expand_size=expand_size, is_encoder_decoder=False, input_ids=input_ids, **model_kwargs)
+        return input_ids, {**model_kwargs, **shared}
+
+    def _reorder_cache(self, cache, beam_idx):
+        """generate() hook of beam search: the decoder's own cache follows the surviving beams; the per-input
+        cross-attention cache (see `_expand_inputs_for_generation`) is shared by all of them and stays."""
+        if not isinstance(cache, EncoderDecoderCache):
+            cache.reorder_cache(beam_idx)
+            return cache
+        cache.self_attention_cache.reorder_cache(beam_idx)
+        if cache_batch_size(cache.cross_attention_cache) == beam_idx.shape[0]:  # one entry per beam after all
+            cache.cross_attention_cache.reorder_cache(beam_idx)
+        return cache
+
     def forward(self, input_ids=None, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
                 head_mask=None, decoder_head_mask=None, cross_attn_head_mask=None, encoder_outputs=None,
                 past_key_values=None, inputs_embeds=None, decoder_inputs_embeds=None, labels=None, use_cache=None,
@@ -730,6 +842,14 @@ class BigBirdPegasusForConditionalGeneration(BigBirdPegasusPreTrainedModel, Gene
             **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
         )
         return output if return_dict else output.to_tuple()
+
+
+def cache_batch_size(cache: Cache):
+    """Rows held by a cache, or None while it is empty."""
+    for layer in cache.layers:
+        if getattr(layer, "keys", None) is not None and layer.keys.numel():
+            return layer.keys.shape[0]
+    return None
 
 
 def language_modeling_loss(logits, labels):
@@ -923,6 +1043,34 @@ class BigBirdPegasusForCausalLM(BigBirdPegasusPreTrainedModel, GenerationMixin):
             cross_attentions=outputs.cross_attentions, **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
         )
         return output if return_dict else output.to_tuple()
+
+
+AUTO_CLASSES = {
+    "AutoModel": BigBirdPegasusModel,
+    "AutoModelForSeq2SeqLM": BigBirdPegasusForConditionalGeneration,
+    "AutoModelForCausalLM": BigBirdPegasusForCausalLM,
+    "AutoModelForSequenceClassification": BigBirdPegasusForSequenceClassification,
+    "AutoModelForQuestionAnswering": BigBirdPegasusForQuestionAnswering,
+}
+for _auto_class, _model_class in AUTO_CLASSES.items():
+    _model_class.register_for_auto_class(_auto_class)
+
+
+def auto_map() -> dict[str, str]:
+    """`auto_map` entries for the config and every head, spelled as transformers writes a registered class."""
+    entries = {"AutoConfig": BigBirdPegasusConfig, **AUTO_CLASSES}
+    return {auto: f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}" for auto, cls in entries.items()}
+
+
+def summarization_pipeline_class():
+    """The summarization pipeline shipped with this model (transformers 5 has none built in).
+
+    The relative import also makes transformers carry pipeline_bigbird_pegasus.py along whenever it saves
+    (`save_pretrained`, `push_to_hub`) or downloads this file: it follows relative imports.
+    """
+    from .pipeline_bigbird_pegasus import BigBirdPegasusSummarizationPipeline
+
+    return BigBirdPegasusSummarizationPipeline
 
 
 __all__ = [
