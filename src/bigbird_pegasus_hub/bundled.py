@@ -1,28 +1,30 @@
 """The small demo model that the project's `hub_repo/` ships, and how it is trained and rebuilt.
 
 Random weights would summarize the bundled example document as gibberish, and a released checkpoint is gigabytes,
-so `hub_repo/` carries a tiny BigBirdPegasus trained in minutes on CPU to do the simplest useful summary: copy a
-document's lead sentence (the first sentence of its first paragraph, skipping a title line; a very short first
-sentence brings the second along). Copying is what a small encoder-decoder learns quickly, and it exercises every
-part of the model: block-sparse encoder, cross-attention, generation.
+so `hub_repo/` carries a tiny BigBirdPegasus trained in minutes on CPU to write the simplest useful summary: a copy
+of the document's lead, that is its title line (if it has one) and the first sentence of its first paragraph (with
+the second when the first is very short). Copying is what a small encoder-decoder learns quickly, and it exercises
+every part of the model: block-sparse encoder, cross-attention, generation. The title is copied rather than skipped
+because a lead that always starts at the first token is copied by position, which a small model learns within its
+budget; finding where the first paragraph starts behind a title of any length is a much later skill.
 
 Training documents come from the package's small corpus: single paragraphs (full attention) and runs of consecutive
 paragraphs of 150-1500 tokens (block-sparse attention). Half of them have their words shuffled within each
 sentence and some words replaced by made-up ones, so the model cannot recite memorized sentences and must learn to
-copy from its input.
+copy from its input. A few articles are held out (`held_out_paragraphs`) to check that it does.
 
-Training is deterministic: fixed seeds and one CPU thread. Bit-exact weights also need the same torch version and
-CPU kind, which is why `hub_repo/` is rebuilt from its committed weights (`weights_from`) rather than retrained:
+Training takes about ten minutes on two CPU cores. It is deterministic (fixed seeds, one CPU thread), but bit-exact
+weights also need the same torch version and CPU kind, which is why `hub_repo/` is rebuilt from its committed weights
+(`weights_from`) rather than retrained:
 
     python -m bigbird_pegasus_hub.bundled hub_repo            # refresh code, tokenizer and card; keep the weights
-    python -m bigbird_pegasus_hub.bundled hub_repo --retrain  # train new weights (a few minutes)
+    python -m bigbird_pegasus_hub.bundled hub_repo --retrain  # train new weights
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import math
 import random
 import re
 import string
@@ -36,10 +38,11 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from .plugin.configuration_bigbird_pegasus import BigBirdPegasusConfig
 from .plugin import modeling_bigbird_pegasus as modeling
+from .plugin.configuration_bigbird_pegasus import BigBirdPegasusConfig
 from .plugin.modeling_bigbird_pegasus import BigBirdPegasusForConditionalGeneration
-from .repo import WEIGHTS_FILE, build_repo, model_from_weights
+from .repo import build_repo, model_from_weights
+from .repo_files import WEIGHTS_FILE
 from .tokenizer import bundled_corpus_path, encode_newlines, train_pegasus_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -60,26 +63,41 @@ BUNDLED_CONFIG = dict(
     block_size=16,
     num_random_blocks=2,
     dropout=0.1,
+    # transformers' 0.02 suits a width of 1024; at 64 it leaves attention scores so flat that the model takes
+    # thousands of steps to start copying. 0.1 is about 1 / sqrt(d_model).
+    init_std=0.1,
 )
 
-TRAIN_STEPS = 1200
-LEARNING_RATE = 2e-3
-WARMUP_STEPS = 100
+TRAIN_STEPS = 2000
+LEARNING_RATE = 3e-3
+WARMUP_STEPS = 50
+DECAY_START = 0.6  # the learning rate stays at its peak for this share of the steps, then decays linearly
 WEIGHT_DECAY = 0.01
 MAX_GRAD_NORM = 1.0
-POSITION_INIT_SCALE = 0.25  # token embeddings start at 0.02 * sqrt(d_model) = 0.16 per dimension
-TOKENS_PER_STEP = 2048  # input tokens per batch (a single paragraph batch is smaller)
+TOKENS_PER_STEP = 2048  # input tokens of a batch of long documents
+PARAGRAPHS_PER_BATCH = 16  # documents of a batch of single paragraphs
+LONG_DOCUMENT_TOKENS = (150, 1500)  # block-sparse attention from 145 tokens
+MADE_UP_WORD_SHARE = 0.15  # of the words of a scrambled document
+COMPOUND_TITLE_SHARE = 0.5  # of the titles
 
-# Half the steps train on single paragraphs (below 145 tokens: full attention), half on runs of paragraphs.
-LONG_DOCUMENT_SHARE = 0.5
-LONG_DOCUMENT_TOKENS = (150, 1500)
-PARAGRAPHS_PER_SHORT_BATCH = 16
-TITLE_START_SHARE = 0.3  # documents that begin with an article's title line, like the example document
-SCRAMBLE_SHARE = 0.5
-MADE_UP_WORD_SHARE = 0.15
+
+@dataclass(frozen=True)
+class Mix:
+    """What the training documents are like."""
+
+    long_documents: float  # share of batches of runs of paragraphs; the others hold single paragraphs
+    titles: float  # share of documents that begin with an article's title line, like the example document
+    scrambled: float  # share of documents whose words are shuffled and partly made up (see DocumentSampler.scramble)
+
+
+# The model starts copying soonest from short inputs whose lead starts at the first token; titles (a longer lead) and
+# long documents (block-sparse attention) come after.
+COPY_WARMUP_STEPS = 300
+COPY_WARMUP_MIX = Mix(long_documents=0.0, titles=0.0, scrambled=0.5)
+FULL_MIX = Mix(long_documents=0.3, titles=0.5, scrambled=0.5)
 
 LEAD_MIN_WORDS = 10  # a shorter first sentence says too little: take the second one too
-LEAD_MAX_TOKENS = 64  # longer leads are cut (few corpus sentences are this long)
+LEAD_MAX_TOKENS = 96  # longer leads are cut (few titles and sentences are this long)
 
 # Articles kept out of training, to check that the model copies text it has never seen.
 HELD_OUT_TITLES = ("Tea", "Lighthouses", "Cities")
@@ -127,19 +145,21 @@ def split_sentences(paragraph: str) -> list[str]:
     return _SENTENCE_END.split(paragraph.strip())
 
 
-def lead(paragraph: str) -> str:
-    """The summary the demo model learns: the paragraph's first sentence, with the next ones while it is shorter
-    than LEAD_MIN_WORDS words."""
-    return " ".join(lead_sentences(split_sentences(paragraph)))
+def lead(paragraph: str, title: str | None = None) -> str:
+    """The summary the demo model learns to write for a document that starts with `title` (if any) and `paragraph`:
+    the title line, then the paragraph's first sentence, with the next ones while it is shorter than LEAD_MIN_WORDS
+    words."""
+    return _lead(title, split_sentences(paragraph))
 
 
-def lead_sentences(sentences: list[str]) -> list[str]:
-    taken = sentences[:1]
+def _lead(title: str | None, sentences: list[str] | tuple[str, ...]) -> str:
+    taken = list(sentences[:1])
     for sentence in sentences[1:]:
         if len(" ".join(taken).split()) >= LEAD_MIN_WORDS:
             break
         taken.append(sentence)
-    return taken
+    body = " ".join(taken)
+    return f"{title}\n{body}" if title else body
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -171,20 +191,29 @@ class DocumentSampler:
         self.paragraph_starts = [index for index, line in enumerate(self.lines) if not line.is_title]
         self.rng = rng
 
-    def sample(self, min_tokens: int = 0) -> tuple[str, str]:
-        """A document of at least `min_tokens` tokens (roughly: augmentation changes the count a little) that holds
-        at least one whole paragraph, and its lead."""
-        starts = self.title_starts if self.rng.random() < TITLE_START_SHARE else self.paragraph_starts
+    def sample(self, mix: Mix, min_tokens: int = 0) -> tuple[str, str]:
+        """A document of at least `min_tokens` tokens (roughly: scrambling changes the count a little) that holds at
+        least one whole paragraph, and its lead."""
+        starts = self.title_starts if self.rng.random() < mix.titles else self.paragraph_starts
         index = self.rng.choice(starts)
         lines, tokens = [], 0
         while tokens < min_tokens or all(line.is_title for line in lines):
             lines.append(self.lines[index % len(self.lines)])
             tokens += self.line_tokens[index % len(self.lines)]
             index += 1
-        if self.rng.random() < SCRAMBLE_SHARE:
+        if lines[0].is_title and self.rng.random() < COMPOUND_TITLE_SHARE:
+            lines[0] = self.compound_title(lines[0])
+        if self.rng.random() < mix.scrambled:
             lines = [Line(tuple(map(self.scramble, line.sentences)), line.is_title) for line in lines]
+        title = lines[0].text if lines[0].is_title else None
         first_paragraph = next(line for line in lines if not line.is_title)
-        return "\n".join(line.text for line in lines), " ".join(lead_sentences(list(first_paragraph.sentences)))
+        return "\n".join(line.text for line in lines), _lead(title, first_paragraph.sentences)
+
+    def compound_title(self, title: Line) -> Line:
+        """A "Title: Subtitle" line made of two corpus titles: the bundled example document has such a title, longer
+        than any corpus title."""
+        other = self.lines[self.rng.choice(self.title_starts)]
+        return Line((f"{title.text}: {other.text}",), is_title=True)
 
     def scramble(self, sentence: str) -> str:
         """Shuffles the words of a sentence (keeping its final punctuation) and swaps some for made-up words: text
@@ -200,15 +229,16 @@ class DocumentSampler:
         return word.capitalize() if self.rng.random() < 0.3 else word
 
 
-def batches(sampler: DocumentSampler, tokenizer: PreTrainedTokenizerBase, rng: random.Random) -> Iterator[dict]:
-    """Endless model inputs: a batch of single paragraphs or a batch of long documents, about TOKENS_PER_STEP
-    input tokens each."""
-    while True:
-        if rng.random() < LONG_DOCUMENT_SHARE:
-            min_tokens = rng.randint(*LONG_DOCUMENT_TOKENS)
-            examples = [sampler.sample(min_tokens) for _ in range(max(1, TOKENS_PER_STEP // min_tokens))]
+def batches(sampler: DocumentSampler, tokenizer: PreTrainedTokenizerBase, steps: int) -> Iterator[dict]:
+    """The model inputs of each step: COPY_WARMUP_MIX first, then FULL_MIX."""
+    for step in range(steps):
+        mix = COPY_WARMUP_MIX if step < COPY_WARMUP_STEPS else FULL_MIX
+        if sampler.rng.random() < mix.long_documents:
+            # Documents of one length per batch, about TOKENS_PER_STEP tokens in all: little padding.
+            min_tokens = sampler.rng.randint(*LONG_DOCUMENT_TOKENS)
+            examples = [sampler.sample(mix, min_tokens) for _ in range(max(1, TOKENS_PER_STEP // min_tokens))]
         else:
-            examples = [sampler.sample() for _ in range(PARAGRAPHS_PER_SHORT_BATCH)]
+            examples = [sampler.sample(mix) for _ in range(PARAGRAPHS_PER_BATCH)]
         documents, leads = zip(*examples)
         yield encode_batch(tokenizer, documents, leads)
 
@@ -233,39 +263,39 @@ def encode_batch(tokenizer: PreTrainedTokenizerBase, documents, leads) -> dict:
 def train_demo_model(
     steps: int = TRAIN_STEPS,
     seed: int = 0,
-    tokenizer: str | Path | None = None,
+    tokenizer_dir: str | Path | None = None,
     log_every: int = 100,
 ) -> BigBirdPegasusForConditionalGeneration:
-    """Trains the demo model (a few minutes on CPU) and returns it in eval mode.
+    """Trains the demo model (about ten minutes on two CPU cores) and returns it in eval mode.
 
     Args:
         steps: optimizer steps.
         seed: seeds the initialization, dropout and the sampled documents.
-        tokenizer: a folder of the bundled tokenizer (`train_pegasus_tokenizer(bundled_corpus_path(), folder)`);
+        tokenizer_dir: a folder of the bundled tokenizer (`train_pegasus_tokenizer(bundled_corpus_path(), folder)`);
             trained afresh when omitted.
         log_every: log the mean loss every this many steps.
 
     The same seed, torch version and CPU kind give bit-identical weights: training runs on one CPU thread, whose
     kernels always sum in the same order.
     """
-    with _tokenizer_folder(tokenizer) as folder:
+    with _tokenizer_folder(tokenizer_dir) as folder:
         tokenizer = AutoTokenizer.from_pretrained(folder)
     if len(tokenizer) != BUNDLED_CONFIG["vocab_size"]:
         raise ValueError(f"The tokenizer has {len(tokenizer)} ids, but BUNDLED_CONFIG expects "
-                         f"{BUNDLED_CONFIG['vocab_size']}: train it with train_pegasus_tokenizer(bundled_corpus_path(), "
-                         "folder) and its default vocab_size.")
+                         f"{BUNDLED_CONFIG['vocab_size']}: train it with "
+                         "train_pegasus_tokenizer(bundled_corpus_path(), folder) and its default vocab_size.")
     with _single_thread(), _quiet(modeling.logger):
         torch.manual_seed(seed)
         model = BigBirdPegasusForConditionalGeneration(BigBirdPegasusConfig(**BUNDLED_CONFIG))
-        if POSITION_INIT_SCALE:
-            _init_positions_sinusoidal(model, POSITION_INIT_SCALE)
-        rng = random.Random(seed)
-        sampler = DocumentSampler(training_articles(), tokenizer, rng)
-        _optimize(model, batches(sampler, tokenizer, rng), steps, log_every)
+        _init_positions_sinusoidal(model)
+        sampler = DocumentSampler(training_articles(), tokenizer, random.Random(seed))
+        _optimize(model, batches(sampler, tokenizer, steps), steps, log_every)
+    # Saved in config.json, so that a rebuild from the saved weights writes the same model card.
+    model.config.demo_training = {"steps": steps, "seed": seed}
     return model.eval()
 
 
-def _init_positions_sinusoidal(model: BigBirdPegasusForConditionalGeneration, scale: float) -> None:
+def _init_positions_sinusoidal(model: BigBirdPegasusForConditionalGeneration) -> None:
     """Starts the learned position embeddings of encoder and decoder from Pegasus' sinusoidal table. Relative offsets
     are linear maps of sinusoidal codes, which makes "attend to the next token" quick to learn, and positions that
     no training document reaches still get meaningful codes."""
@@ -273,7 +303,7 @@ def _init_positions_sinusoidal(model: BigBirdPegasusForConditionalGeneration, sc
         positions, dim = embedding.weight.shape
         angles = torch.arange(positions)[:, None] / 10000 ** (torch.arange(0, dim, 2) / dim)
         with torch.no_grad():
-            embedding.weight.copy_(scale * torch.cat([angles.sin(), angles.cos()], dim=1))
+            embedding.weight.copy_(torch.cat([angles.sin(), angles.cos()], dim=1))
 
 
 def _optimize(model, batch_stream: Iterator[dict], steps: int, log_every: int) -> None:
@@ -281,8 +311,8 @@ def _optimize(model, batch_stream: Iterator[dict], steps: int, log_every: int) -
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _learning_rate_factor(step, steps))
     model.train()
     losses, start = [], time.perf_counter()
-    for step in range(1, steps + 1):
-        loss = model(**next(batch_stream)).loss
+    for step, batch in enumerate(batch_stream, start=1):
+        loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
         optimizer.step()
@@ -296,11 +326,12 @@ def _optimize(model, batch_stream: Iterator[dict], steps: int, log_every: int) -
 
 
 def _learning_rate_factor(step: int, steps: int) -> float:
-    """Linear warmup, then cosine decay to a tenth of the peak."""
+    """Linear warmup, the peak until DECAY_START of the steps, then linear decay to a tenth of the peak."""
     if step < WARMUP_STEPS:
         return (step + 1) / WARMUP_STEPS
-    progress = (step - WARMUP_STEPS) / max(1, steps - WARMUP_STEPS)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    decay_start = DECAY_START * steps
+    progress = max(0.0, step - decay_start) / max(1.0, steps - decay_start)
+    return 1.0 - 0.9 * min(1.0, progress)
 
 
 @contextmanager
@@ -325,9 +356,9 @@ def _quiet(module_logger):
 
 
 @contextmanager
-def _tokenizer_folder(tokenizer: str | Path | None):
-    if tokenizer is not None:
-        yield Path(tokenizer)
+def _tokenizer_folder(tokenizer_dir: str | Path | None):
+    if tokenizer_dir is not None:
+        yield Path(tokenizer_dir)
         return
     with tempfile.TemporaryDirectory(prefix="bundled-tokenizer-") as folder:
         yield train_pegasus_tokenizer(bundled_corpus_path(), folder)
@@ -356,25 +387,25 @@ def build_bundled_repo(
         if weights_from is not None:
             model = model_from_weights(Path(weights_from) / "config.json", Path(weights_from) / WEIGHTS_FILE)
         else:
-            model = train_demo_model(steps=steps, seed=seed, tokenizer=tokenizer_dir)
+            model = train_demo_model(steps=steps, seed=seed, tokenizer_dir=tokenizer_dir)
         return build_repo(out_dir, model=model, tokenizer=tokenizer_dir, generation_config=DEMO_GENERATION,
                           description=description(model), overwrite=True)
 
 
 def description(model: BigBirdPegasusForConditionalGeneration) -> str:
-    """The model card's account of these weights. The step count is stored in the config, so that a rebuild from
-    the committed weights writes the same card."""
+    """The model card's account of the weights, from the model alone (so a rebuild writes the same card)."""
     parameters = sum(parameter.numel() for parameter in model.parameters())
-    steps = getattr(model.config, "demo_training_steps", None)
-    trained = f"trained for {steps} steps" if steps else "trained"
+    training = getattr(model.config, "demo_training", None) or {}
+    how_long = f" for {training['steps']} steps (seed {training['seed']})" if training else ""
     return (
-        f"**A demo model, not a summarizer for real use.** These are the weights of a {parameters / 1e6:.1f}M-parameter "
-        f"BigBirdPegasus {trained} on CPU, on the plugin package's small corpus (about 20,000 tokens), to copy a "
-        "document's lead sentence: the first sentence of its first paragraph, skipping a title line. They exist so "
-        "that this repo's code, tokenizer and pipeline can be tried end to end in seconds, with readable output; "
-        "they know nothing about summarizing. For real summaries convert a released checkpoint (such as "
-        "`google/bigbird-pegasus-large-arxiv`) or upgrade an existing Hub repo with the `bigbird-pegasus` command "
-        "line. Rebuild or retrain this repo with `python -m bigbird_pegasus_hub.bundled OUT_DIR [--retrain]`."
+        f"**A demo model, not a summarizer.** These are the weights of a {parameters / 1e6:.1f}M-parameter "
+        f"BigBirdPegasus trained on CPU{how_long} on the plugin package's small corpus (about 20,000 tokens) to "
+        "copy a document's lead: its title line, if it has one, and the first sentence of its first paragraph. "
+        "They let you try this repo's code, tokenizer and summarization pipeline end to end in seconds, with "
+        "readable output, but they have learned nothing about summarizing, and they misspell words they have not "
+        "seen. For real summaries, convert or upgrade a released checkpoint such as "
+        "`google/bigbird-pegasus-large-arxiv` with the `bigbird-pegasus` command line. This repo is rebuilt with "
+        "`python -m bigbird_pegasus_hub.bundled OUT_DIR [--retrain]`."
     )
 
 
@@ -384,15 +415,18 @@ def main(argv: list[str] | None = None) -> None:
         description="Build the project's demo Hub repo. Reuses OUT_DIR's weights when it has them, unless --retrain.",
     )
     parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--retrain", action="store_true", help="train new weights (a few minutes on CPU)")
+    parser.add_argument("--retrain", action="store_true", help="train new weights (about ten minutes on CPU)")
     parser.add_argument("--steps", type=int, default=TRAIN_STEPS, help="training steps with --retrain")
     parser.add_argument("--seed", type=int, default=0, help="training seed with --retrain")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    has_weights = (args.out_dir / WEIGHTS_FILE).is_file()
-    weights_from = args.out_dir if has_weights and not args.retrain else None
-    logger.info("Reusing the weights of %s", weights_from) if weights_from else logger.info("Training the demo model")
+    weights_from = None
+    if (args.out_dir / WEIGHTS_FILE).is_file() and not args.retrain:
+        weights_from = args.out_dir
+        logger.info("Reusing the weights of %s (pass --retrain to train new ones)", weights_from)
+    else:
+        logger.info("Training the demo model for %d steps", args.steps)
     out_dir = build_bundled_repo(args.out_dir, weights_from=weights_from, steps=args.steps, seed=args.seed)
     logger.info("Wrote %s", out_dir)
 

@@ -103,6 +103,9 @@ def staging_folder(out_dir: Path):
     """A fresh folder next to `out_dir` (same filesystem, so the final rename is atomic), removed on failure."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the repo folder should not be
     try:
         yield staging
     finally:

@@ -1,0 +1,251 @@
+"""Which key blocks each query block sees in BigBird's ITC block-sparse attention.
+
+BigBird splits a sequence into blocks of `block_size` tokens. The first and the last query block are global
+(they attend to every key). Every other query block `q` attends to its window `q-1, q, q+1`, to the two global
+blocks and to `num_random_blocks` random blocks. This file builds that pattern once per (layer, length) as a
+table of key-block indices, so the attention itself is a gather plus one batched matmul.
+
+The random blocks are exactly those of Google's original TensorFlow code (google-research/bigbird,
+`bigbird/core/attention.py`): each encoder layer `i` seeds numpy's legacy RNG with `i` and draws its blocks with
+`np.random.permutation`, on a 4096-token grid for the paper's lengths and with a per-head plan for any other
+length. We replay that stream on a private generator: numpy's legacy RandomState is the MT19937 generator that
+Python's `random.Random` also implements, so we seed one the way numpy does and draw bounded integers the way
+numpy's `shuffle` does. Neither numpy nor any global RNG is touched.
+"""
+
+import random
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+# The original code draws the paper's lengths on a fixed 4096-token grid, picking random blocks among the first
+# 1024 tokens, whatever the model's max_position_embeddings (MAX_SEQ_LEN and last_idx=1024 there).
+ORIGINAL_GRID_LENGTH = 4096
+ORIGINAL_GRID_LAST_INDEX = 1024
+PAPER_LENGTHS = (1024, 2048, 3072, 4096)
+
+# Slots of a row of the key-block table: the window, the two global blocks, then the random blocks.
+WINDOW_SLOTS = 3
+FIRST_GLOBAL_SLOT = 3
+LAST_GLOBAL_SLOT = 4
+FIXED_SLOTS = 5
+
+
+class LegacyNumpyRandom:
+    """`numpy.random.RandomState(seed).permutation` for integer seeds, on a private MT19937 stream."""
+
+    _STATE_WORDS = 624
+
+    def __init__(self, seed: int):
+        # numpy's legacy `seed(int)` is MT19937's `init_genrand`.
+        words = [seed & 0xFFFFFFFF]
+        for index in range(1, self._STATE_WORDS):
+            previous = words[-1]
+            words.append((1812433253 * (previous ^ (previous >> 30)) + index) & 0xFFFFFFFF)
+        self._generator = random.Random()
+        self._generator.setstate((3, (*words, self._STATE_WORDS), None))
+
+    def _integer_up_to(self, high: int) -> int:
+        """Uniform integer in [0, high], by numpy's masked rejection sampling on 32-bit draws."""
+        if high == 0:
+            return 0
+        mask = (1 << high.bit_length()) - 1
+        while True:
+            value = self._generator.getrandbits(32) & mask
+            if value <= high:
+                return value
+
+    def permutation(self, values) -> list[int]:
+        shuffled = list(values)
+        # numpy's Fisher-Yates runs from the end of the array.
+        for i in range(len(shuffled) - 1, 0, -1):
+            j = self._integer_up_to(i)
+            shuffled[i], shuffled[j] = shuffled[j], shuffled[i]
+        return shuffled
+
+
+def _paper_random_rows(rng: LegacyNumpyRandom, block_size: int, num_random: int) -> list[list[int]]:
+    """One head's rows of the original `bigbird_block_rand_mask` on the 4096-token grid."""
+    num_blocks = ORIGINAL_GRID_LENGTH // block_size
+    middle = list(range(1, num_blocks - 1))
+    last = num_blocks - 1
+    if ORIGINAL_GRID_LAST_INDEX > 2 * block_size:
+        last = ORIGINAL_GRID_LAST_INDEX // block_size - 1
+    rows = []
+    for i in range(1, num_blocks - 1):
+        start, end = i - 2, i
+        if i == 1:
+            candidates = middle[2:last]
+        elif i == 2:
+            candidates = middle[3:last]
+        elif i >= num_blocks - 3 or start > last:
+            # The original's own shortcuts: these rows may draw from their window.
+            candidates = middle[:last]
+        elif end + 1 == last:
+            candidates = middle[:start]
+        else:
+            candidates = middle[:start] + middle[end + 1 : last]
+        rows.append(_take(rng.permutation(candidates), num_random, row=i))
+    return rows
+
+
+def _take(permuted: list[int], count: int, row: int) -> list[int]:
+    if len(permuted) < count:
+        raise ValueError(
+            f"BigBird's random-block plan has only {len(permuted)} candidate blocks for query block {row} but needs "
+            f"{count}: use a smaller block_size or fewer num_random_blocks for this sequence length."
+        )
+    return permuted[:count]
+
+
+def _random_plan(seq_length: int, block_size: int, num_random: int) -> tuple[list[int], list[int]]:
+    """The original `get_rand_attn_plan`: up to which length how many random blocks are drawn."""
+    num_blocks = seq_length // block_size
+    if 2 * num_random + 5 < num_blocks:
+        return [(2 * num_random + 5) * block_size, seq_length], [num_random, 0]
+    if num_random + 5 < num_blocks:
+        half = num_random // 2
+        return [(num_random + 5) * block_size, seq_length], [half, num_random - half]
+    return [seq_length], [num_random]
+
+
+def _single_row(rng, block_id, to_start, to_end, count) -> list[int]:
+    """The original `get_single_block_row_attention` with windows and globals of one block."""
+    permuted = rng.permutation(range(to_start, to_end))
+    illegal = {block_id - 1, block_id, block_id + 1, 0, to_end - 1}
+    if block_id == 1:
+        illegal.add(to_end - 2)
+    if block_id == to_end - 2:
+        illegal.add(1)
+    return [block for block in permuted if block not in illegal][:count]
+
+
+def _assign(row: list[int], start: int, stop: int, chosen: list[int]):
+    # numpy broadcasting in the original: a single chosen block fills every slot of the range.
+    if len(chosen) == 1:
+        chosen = chosen * (stop - start)
+    if len(chosen) != stop - start:
+        raise ValueError(
+            f"BigBird's random-block plan found {len(chosen)} legal blocks where {stop - start} are needed: the "
+            "sequence is too short for this block_size and num_random_blocks."
+        )
+    row[start:stop] = chosen
+
+
+def _planned_random_rows(rng, seq_length, block_size, num_heads, num_random) -> list[list[list[int]]]:
+    """The original `bigbird_block_rand_mask_with_head` (one global block on each side): per head, per row."""
+    plan_lengths, plan_counts = _random_plan(seq_length, block_size, num_random)
+    plan_blocks = [length // block_size for length in plan_lengths]
+    num_blocks = seq_length // block_size
+    last_plan = plan_lengths.index(seq_length)
+    columns = sum(plan_counts[: last_plan + 1])
+    tables = [[[0] * columns for _ in range(num_blocks)] for _ in range(num_heads)]
+
+    def fill(rows, first_column, segment_start, segment_end, count):
+        # Row-major, then head: the order in which the original consumes the random stream.
+        for row in rows:
+            for head in range(num_heads):
+                chosen = _single_row(rng, row, segment_start, segment_end, count)
+                _assign(tables[head][row], first_column, first_column + count, chosen)
+
+    for plan_idx in range(last_plan + 1):
+        if plan_idx > 0:
+            previous_end = plan_blocks[plan_idx - 1]
+            if plan_counts[plan_idx] > 0:
+                fill(range(1, previous_end), sum(plan_counts[:plan_idx]), previous_end, plan_blocks[plan_idx],
+                     plan_counts[plan_idx])
+            for earlier in range(plan_idx):
+                if plan_counts[earlier] == 0:
+                    continue
+                segment_start = plan_blocks[earlier - 1] if earlier > 0 else 0
+                fill(range(previous_end, plan_blocks[plan_idx]), sum(plan_counts[:earlier]), segment_start,
+                     plan_blocks[earlier], plan_counts[earlier])
+        if plan_counts[plan_idx] == 0:
+            continue
+        row_start = plan_blocks[plan_idx - 1] if plan_idx > 0 else 1
+        segment_start = plan_blocks[plan_idx - 1] if plan_idx > 0 else 0
+        fill(range(row_start, plan_blocks[plan_idx]), sum(plan_counts[:plan_idx]), segment_start,
+             plan_blocks[plan_idx], plan_counts[plan_idx])
+    return [table[1 : num_blocks - 1] for table in tables]
+
+
+@lru_cache(maxsize=None)
+def _paper_grid_table(seed: int, num_heads: int, block_size: int, num_random: int) -> torch.Tensor:
+    rng = LegacyNumpyRandom(seed)
+    heads = [_paper_random_rows(rng, block_size, num_random) for _ in range(num_heads)]
+    return torch.tensor(heads, dtype=torch.long).view(num_heads, -1, num_random)
+
+
+@lru_cache(maxsize=64)
+def original_random_blocks(seed: int, seq_length: int, num_heads: int, block_size: int, num_random: int):
+    """The random key blocks of the original code: a [num_heads, num_blocks - 2, num_random] long tensor.
+
+    `seed` is the encoder layer index. Row `q - 1` holds the random blocks of query block `q`.
+    """
+    num_blocks = seq_length // block_size
+    if num_random == 0:
+        return torch.zeros(num_heads, num_blocks - 2, 0, dtype=torch.long)
+    if seq_length in PAPER_LENGTHS:
+        return _paper_grid_table(seed, num_heads, block_size, num_random)[:, : num_blocks - 2]
+    rng = LegacyNumpyRandom(seed)
+    rows = _planned_random_rows(rng, seq_length, block_size, num_heads, num_random)
+    return torch.tensor(rows, dtype=torch.long).view(num_heads, num_blocks - 2, num_random)
+
+
+@dataclass(frozen=True)
+class BlockSparseLayout:
+    """The key blocks of every non-global query block, for one layer and one padded length.
+
+    key_blocks: [num_heads, num_blocks - 2, 5 + num_random] block indices: window (q-1, q, q+1), first block,
+        last block, random blocks.
+    slot_allowed: [num_blocks - 2, 5 + num_random] bool. The window of the second and the second-to-last query
+        block already holds a global block; its second copy is switched off so it is not counted twice.
+        (Random blocks that repeat another block ARE counted twice, exactly as in the original.)
+    head_key_blocks: [num_heads * (num_blocks - 2) * (5 + num_random)] long, `key_blocks` flattened and offset by
+        `head * num_blocks`: rows of one input's keys viewed as [num_heads * num_blocks, block_size * head_dim],
+        so one `index_select` gathers every row's key blocks.
+    key_allowed: [num_blocks - 2, (5 + num_random) * block_size] bool, `slot_allowed` per key token.
+    """
+
+    key_blocks: torch.Tensor
+    slot_allowed: torch.Tensor
+    head_key_blocks: torch.Tensor
+    key_allowed: torch.Tensor
+
+    @property
+    def num_blocks(self) -> int:
+        return self.key_blocks.shape[1] + 2
+
+    @property
+    def block_size(self) -> int:
+        return self.key_allowed.shape[1] // self.slot_allowed.shape[1]
+
+    def to(self, device) -> "BlockSparseLayout":
+        return BlockSparseLayout(*(tensor.to(device) for tensor in
+                                   (self.key_blocks, self.slot_allowed, self.head_key_blocks, self.key_allowed)))
+
+
+@lru_cache(maxsize=256)
+def block_sparse_layout(seed: int, seq_length: int, num_heads: int, block_size: int, num_random: int,
+                        device: torch.device | None = None) -> BlockSparseLayout:
+    """The (cached) layout of encoder layer `seed` for a padded length `seq_length`, on `device` (CPU if None).
+
+    Cached per device too, so attention never copies the table to the accelerator again."""
+    if device is not None:
+        return block_sparse_layout(seed, seq_length, num_heads, block_size, num_random).to(device)
+    num_blocks = seq_length // block_size
+    query_blocks = torch.arange(1, num_blocks - 1)
+    fixed = torch.stack(
+        [query_blocks - 1, query_blocks, query_blocks + 1, torch.zeros_like(query_blocks),
+         torch.full_like(query_blocks, num_blocks - 1)],
+        dim=-1,
+    )
+    randoms = original_random_blocks(seed, seq_length, num_heads, block_size, num_random)
+    key_blocks = torch.cat([fixed.expand(num_heads, -1, -1), randoms], dim=-1).contiguous()
+    slot_allowed = torch.ones(num_blocks - 2, FIXED_SLOTS + num_random, dtype=torch.bool)
+    slot_allowed[0, FIRST_GLOBAL_SLOT] = False
+    slot_allowed[-1, LAST_GLOBAL_SLOT] = False
+    head_key_blocks = (key_blocks + torch.arange(num_heads)[:, None, None] * num_blocks).flatten()
+    key_allowed = slot_allowed.repeat_interleave(block_size, dim=-1)
+    return BlockSparseLayout(key_blocks, slot_allowed, head_key_blocks, key_allowed)

@@ -1,0 +1,1083 @@
+"""PyTorch BigBirdPegasus: a Pegasus encoder-decoder whose encoder uses BigBird's block-sparse attention.
+
+Remote code: imports only torch, transformers' public API and its sibling files. Parameter names equal those of
+transformers' built-in `bigbird_pegasus`, so its checkpoints load unchanged.
+"""
+
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+import transformers
+from torch import nn
+from torch.nn import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
+from transformers import Cache, DynamicCache, EncoderDecoderCache, GenerationMixin, PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import (
+    BaseModelOutput,
+    BaseModelOutputWithPastAndCrossAttentions,
+    CausalLMOutputWithCrossAttentions,
+    Seq2SeqLMOutput,
+    Seq2SeqModelOutput,
+    Seq2SeqQuestionAnsweringModelOutput,
+    Seq2SeqSequenceClassifierOutput,
+)
+from transformers.utils import logging
+
+from .block_sparse_layout import BlockSparseLayout, block_sparse_layout
+from .configuration_bigbird_pegasus import BigBirdPegasusConfig
+
+logger = logging.get_logger(__name__)
+
+# transformers 5 renamed the generation cache from `past_key_values` to `cache`, in model outputs too.
+TRANSFORMERS_V5 = int(transformers.__version__.split(".")[0]) >= 5
+CACHE_FIELD = "cache" if "cache" in Seq2SeqLMOutput.__dataclass_fields__ else "past_key_values"
+
+
+def shift_tokens_right(input_ids: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
+    """Decoder inputs for teacher forcing: the labels shifted one step right, -100 replaced by padding."""
+    shifted = input_ids.new_zeros(input_ids.shape)
+    shifted[:, 1:] = input_ids[:, :-1]
+    shifted[:, 0] = decoder_start_token_id
+    return shifted.masked_fill(shifted == -100, pad_token_id)
+
+
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """0 where attention is allowed, the dtype's most negative value elsewhere (never NaN, unlike -inf)."""
+    return torch.zeros((), dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+def attend(query, key, value, bias=None, dropout=0.0, need_weights=False):
+    """Scaled dot-product attention over the last two dims; returns (context, probabilities or None)."""
+    if not need_weights:
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout), None
+    scores = torch.matmul(query, key.transpose(-1, -2)) / math.sqrt(query.shape[-1])
+    if bias is not None:
+        scores = scores + bias
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    context = torch.matmul(F.dropout(probs, p=dropout), value)
+    return context, probs
+
+
+def split_heads(states: torch.Tensor, num_heads: int) -> torch.Tensor:
+    batch, length, width = states.shape
+    return states.view(batch, length, num_heads, width // num_heads).transpose(1, 2)
+
+
+def merge_heads(states: torch.Tensor) -> torch.Tensor:
+    batch, heads, length, head_dim = states.shape
+    return states.transpose(1, 2).reshape(batch, length, heads * head_dim)
+
+
+def apply_head_mask(context, probs, head_mask):
+    """Masking heads scales each head's probabilities, hence its context: (p * m) @ v == m * (p @ v)."""
+    if head_mask is None:
+        return context, probs
+    per_head = head_mask.view(1, -1, *([1] * (context.dim() - 2))).to(context.dtype)
+    return context * per_head, None if probs is None else probs * per_head
+
+
+class BigBirdPegasusLearnedPositionalEmbedding(nn.Embedding):
+    """Learned absolute positions, looked up from the first position that is not yet in the cache."""
+
+    def forward(self, seq_length: int, past_length: int = 0) -> torch.Tensor:
+        positions = torch.arange(past_length, past_length + seq_length, device=self.weight.device)
+        return super().forward(positions)
+
+
+class BigBirdPegasusScaledWordEmbedding(nn.Embedding):
+    """Token embeddings multiplied by sqrt(d_model) when the config scales embeddings (as Pegasus does)."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int, embed_scale: float = 1.0):
+        super().__init__(num_embeddings, embedding_dim, padding_idx)
+        self.embed_scale = embed_scale
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return super().forward(input_ids) * self.embed_scale
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Encoder self-attention: BigBird block-sparse, or full attention for short inputs and `original_full`.
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class BigBirdPegasusSelfAttention(nn.Module):
+    """Query/key/value projections of the encoder (named `self` inside `self_attn`, as in the built-in model)."""
+
+    def __init__(self, config: BigBirdPegasusConfig, layer_idx: int):
+        super().__init__()
+        self.num_heads = config.encoder_attention_heads
+        self.block_size = config.block_size
+        self.num_random_blocks = config.num_random_blocks
+        self.dropout = config.attention_dropout
+        self.layer_idx = layer_idx  # also the seed of this layer's random blocks, as in the original code
+        self.query = nn.Linear(config.d_model, config.d_model, bias=config.use_bias)
+        self.key = nn.Linear(config.d_model, config.d_model, bias=config.use_bias)
+        self.value = nn.Linear(config.d_model, config.d_model, bias=config.use_bias)
+
+    def forward(self, hidden_states, attention_mask, use_block_sparse, output_attentions=False, head_mask=None):
+        """attention_mask: [batch, seq] with 1 for tokens, 0 for padding, or None when nothing is padded (seq is
+        a multiple of block_size when `use_block_sparse`). Returns the context [batch, seq, d_model] and, if
+        asked, dense probabilities."""
+        query = split_heads(self.query(hidden_states), self.num_heads)
+        key = split_heads(self.key(hidden_states), self.num_heads)
+        value = split_heads(self.value(hidden_states), self.num_heads)
+        token_mask = None if attention_mask is None else attention_mask.bool()
+        if use_block_sparse:
+            layout = self.layout(hidden_states.shape[1], hidden_states.device)
+            context, probs = block_sparse_attention(query, key, value, layout, token_mask, output_attentions)
+        else:
+            bias = None if token_mask is None else additive_mask(token_mask[:, None, None, :], query.dtype)
+            dropout = self.dropout if self.training else 0.0
+            context, probs = attend(query, key, value, bias, dropout, output_attentions)
+        context, probs = apply_head_mask(context, probs, head_mask)
+        return merge_heads(context), probs
+
+    def layout(self, seq_length: int, device) -> BlockSparseLayout:
+        return block_sparse_layout(
+            self.layer_idx, seq_length, self.num_heads, self.block_size, self.num_random_blocks, device
+        )
+
+
+def block_sparse_attention(query, key, value, layout: BlockSparseLayout, token_mask=None, need_weights=False):
+    """BigBird ITC attention: global first/last query blocks, and for every other query block its window, the
+    two global blocks and its random blocks, all gathered through `layout` and attended in one batched call.
+
+    query/key/value: [batch, heads, seq, head_dim]; token_mask: [batch, seq] bool, or None without padding.
+    """
+    block_size = layout.block_size
+    # One head-major copy of the keys and values serves both the block gather and the global queries' SDPA.
+    key, value = key.contiguous(), value.contiguous()
+    global_context, global_probs = attend_global_blocks(query, key, value, token_mask, block_size, need_weights)
+    middle_context, middle_probs = attend_middle_blocks(query, key, value, layout, token_mask, need_weights)
+    context = torch.cat([global_context[:, :, :block_size], middle_context, global_context[:, :, block_size:]], dim=2)
+    probs = None
+    if need_weights:
+        probs = dense_block_sparse_probs(global_probs, middle_probs, layout, block_size, query.shape[2])
+    if token_mask is not None:
+        # Padded queries get a zero context, as in the original.
+        query_mask = token_mask[:, None, :, None]
+        context = context * query_mask.to(context.dtype)
+        probs = None if probs is None else probs * query_mask.to(probs.dtype)
+    return context, probs
+
+
+def attend_global_blocks(query, key, value, token_mask, block_size, need_weights):
+    """The first and the last query block see every key: [batch, heads, 2 * block_size, head_dim]."""
+    global_query = torch.cat([query[:, :, :block_size], query[:, :, -block_size:]], dim=2)
+    bias = None if token_mask is None else additive_mask(token_mask[:, None, None, :], query.dtype)
+    return attend(global_query, key, value, bias, need_weights=need_weights)
+
+
+def attend_middle_blocks(query, key, value, layout: BlockSparseLayout, token_mask, need_weights):
+    """Every other query block against its row of key blocks, in one call: SDPA's batch is (batch, head) and its
+    "heads" are the rows, so it stays 4D (the fused kernels need that). Returns the context
+    [batch, heads, rows * block_size, head_dim] and, if asked, probabilities [batch, heads, rows, block, keys]."""
+    batch, heads, seq_length, head_dim = query.shape
+    block_size, rows = layout.block_size, layout.num_blocks - 2
+    middle_query = query.unflatten(2, (layout.num_blocks, block_size))[:, :, 1:-1]
+    middle_query = middle_query.reshape(batch * heads, rows, block_size, head_dim)
+    bias = middle_block_bias(layout, token_mask, heads, query.dtype)
+    context, probs = attend(middle_query, gather_key_blocks(key, layout), gather_key_blocks(value, layout), bias,
+                            need_weights=need_weights)
+    if probs is not None:
+        probs = probs.view(batch, heads, rows, block_size, -1)
+    return context.view(batch, heads, rows * block_size, head_dim), probs
+
+
+def gather_key_blocks(states: torch.Tensor, layout: BlockSparseLayout) -> torch.Tensor:
+    """states: [batch, heads, seq, head_dim] -> [batch * heads, rows, slots * block_size, head_dim]: each row's
+    key blocks laid end to end, by one index_select over the blocks of every (input, head)."""
+    batch, heads, seq_length, head_dim = states.shape
+    blocks = states.contiguous().view(batch * heads * layout.num_blocks, -1)
+    index = layout.head_key_blocks
+    if batch > 1:
+        first_block = torch.arange(batch, device=index.device)[:, None] * (heads * layout.num_blocks)
+        index = (first_block + index).flatten()
+    return blocks.index_select(0, index).view(batch * heads, layout.num_blocks - 2, -1, head_dim)
+
+
+def middle_block_bias(layout: BlockSparseLayout, token_mask, heads, dtype) -> torch.Tensor:
+    """Additive bias of the gathered keys, [1 or batch * heads, rows, 1, keys]: the duplicate global slots of
+    the second and second-to-last row and, only when there is padding, the padded keys."""
+    allowed = layout.key_allowed[None, :, None, :]
+    if token_mask is not None:
+        batch, rows = token_mask.shape[0], layout.num_blocks - 2
+        token_blocks = token_mask.unflatten(1, (layout.num_blocks, -1))
+        key_tokens = token_blocks[:, layout.key_blocks].view(batch * heads, rows, 1, -1)
+        allowed = allowed & key_tokens
+    return additive_mask(allowed, dtype)
+
+
+def dense_block_sparse_probs(global_probs, middle_probs, layout, block_size, seq_length):
+    """The block-sparse probabilities as a dense [batch, heads, seq, seq] matrix (only for output_attentions)."""
+    batch, heads = global_probs.shape[:2]
+    dense = global_probs.new_zeros(batch, heads, seq_length, seq_length)
+    dense[:, :, :block_size] = global_probs[:, :, :block_size]
+    dense[:, :, -block_size:] = global_probs[:, :, block_size:]
+    key_tokens = (layout.key_blocks[..., None] * block_size + torch.arange(block_size, device=dense.device))
+    key_tokens = key_tokens.flatten(-2)  # [heads, rows, slots * block_size]
+    rows = layout.key_blocks.shape[1]
+    index = key_tokens[None, :, :, None, :].expand(batch, heads, rows, block_size, -1)
+    middle = dense[:, :, block_size:-block_size].view(batch, heads, rows, block_size, seq_length)
+    # scatter_add: a random block that repeats another block is counted twice, as in the softmax.
+    middle.scatter_add_(-1, index, middle_probs)
+    return dense
+
+
+class BigBirdPegasusEncoderAttention(nn.Module):
+    def __init__(self, config: BigBirdPegasusConfig, layer_idx: int):
+        super().__init__()
+        self.self = BigBirdPegasusSelfAttention(config, layer_idx)
+        self.output = nn.Linear(config.d_model, config.d_model, bias=config.use_bias)
+
+    def forward(self, hidden_states, attention_mask, use_block_sparse, output_attentions=False, head_mask=None):
+        context, probs = self.self(hidden_states, attention_mask, use_block_sparse, output_attentions, head_mask)
+        return self.output(context), probs
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Decoder attention: causal self-attention and cross-attention, with a transformers Cache.
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class BigBirdPegasusDecoderAttention(nn.Module):
+    """Multi-head attention of the decoder; with `is_cross_attention` its keys/values come from the encoder."""
+
+    def __init__(self, config: BigBirdPegasusConfig, layer_idx: int, is_cross_attention: bool):
+        super().__init__()
+        self.num_heads = config.decoder_attention_heads
+        self.dropout = config.attention_dropout
+        self.layer_idx = layer_idx
+        self.is_cross_attention = is_cross_attention
+        self.q_proj = nn.Linear(config.d_model, config.d_model, bias=config.use_bias)
+        self.k_proj = nn.Linear(config.d_model, config.d_model, bias=config.use_bias)
+        self.v_proj = nn.Linear(config.d_model, config.d_model, bias=config.use_bias)
+        self.out_proj = nn.Linear(config.d_model, config.d_model, bias=config.use_bias)
+
+    def forward(self, hidden_states, key_value_states=None, attention_bias=None, cache=None,
+                output_attentions=False, head_mask=None):
+        batch, length, width = hidden_states.shape
+        key, value = self.key_value(hidden_states, key_value_states, cache)
+        # In generation all beams of one input share one encoder output (see `_expand_inputs_for_generation`):
+        # their queries attend to it together, as one longer query per input.
+        query = split_heads(self.q_proj(hidden_states).reshape(key.shape[0], -1, width), self.num_heads)
+        dropout = self.dropout if self.training else 0.0
+        context, probs = attend(query, key, value, attention_bias, dropout, output_attentions)
+        context, probs = apply_head_mask(context, probs, head_mask)
+        output = self.out_proj(merge_heads(context)).view(batch, length, width)
+        return output, ungroup_queries(probs, batch)
+
+    def key_value(self, hidden_states, key_value_states, cache):
+        if self.is_cross_attention:
+            return self.cross_key_value(key_value_states, cache)
+        key = split_heads(self.k_proj(hidden_states), self.num_heads)
+        value = split_heads(self.v_proj(hidden_states), self.num_heads)
+        if cache is not None:
+            self_cache = cache.self_attention_cache if isinstance(cache, EncoderDecoderCache) else cache
+            key, value = self_cache.update(key, value, self.layer_idx)
+        return key, value
+
+    def cross_key_value(self, encoder_states, cache):
+        # The encoder output does not change during generation: project it once, then reuse the cache.
+        cross_cache = cache.cross_attention_cache if isinstance(cache, EncoderDecoderCache) else None
+        if cross_cache is not None and cache.is_updated.get(self.layer_idx):
+            layer = cross_cache.layers[self.layer_idx]
+            return layer.keys, layer.values
+        key = split_heads(self.k_proj(encoder_states), self.num_heads)
+        value = split_heads(self.v_proj(encoder_states), self.num_heads)
+        if cross_cache is not None:
+            key, value = cross_cache.update(key, value, self.layer_idx)
+            cache.is_updated[self.layer_idx] = True
+        return key, value
+
+
+def ungroup_queries(probs, batch):
+    """[inputs, heads, beams * length, keys] probabilities of grouped queries -> [batch, heads, length, keys]."""
+    if probs is None or probs.shape[0] == batch:
+        return probs
+    inputs, heads, _, keys = probs.shape
+    return probs.view(inputs, heads, batch // inputs, -1, keys).transpose(1, 2).reshape(batch, heads, -1, keys)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Layers: pre-norm residual blocks.
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class FeedForwardMixin:
+    """The position-wise feed-forward block shared by encoder and decoder layers (fc1/fc2 names kept flat)."""
+
+    def feed_forward(self, hidden_states):
+        hidden_states = self.activation_fn(self.fc1(hidden_states))
+        hidden_states = F.dropout(hidden_states, p=self.activation_dropout, training=self.training)
+        return F.dropout(self.fc2(hidden_states), p=self.dropout, training=self.training)
+
+    def residual(self, hidden_states, sublayer_output):
+        return hidden_states + F.dropout(sublayer_output, p=self.dropout, training=self.training)
+
+    def init_feed_forward(self, config: BigBirdPegasusConfig, ffn_dim: int):
+        self.dropout = config.dropout
+        self.activation_dropout = config.activation_dropout
+        self.activation_fn = ACT2FN[config.activation_function]
+        self.fc1 = nn.Linear(config.d_model, ffn_dim)
+        self.fc2 = nn.Linear(ffn_dim, config.d_model)
+        self.final_layer_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+
+
+class BigBirdPegasusEncoderLayer(FeedForwardMixin, GradientCheckpointingLayer):
+    def __init__(self, config: BigBirdPegasusConfig, layer_idx: int):
+        super().__init__()
+        self.self_attn = BigBirdPegasusEncoderAttention(config, layer_idx)
+        self.self_attn_layer_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.init_feed_forward(config, config.encoder_ffn_dim)
+
+    def forward(self, hidden_states, attention_mask, use_block_sparse, output_attentions=False, head_mask=None):
+        attended, probs = self.self_attn(self.self_attn_layer_norm(hidden_states), attention_mask,
+                                         use_block_sparse, output_attentions, head_mask)
+        hidden_states = self.residual(hidden_states, attended)
+        hidden_states = hidden_states + self.feed_forward(self.final_layer_norm(hidden_states))
+        return clamp_fp16_overflow(hidden_states), probs
+
+
+class BigBirdPegasusDecoderLayer(FeedForwardMixin, GradientCheckpointingLayer):
+    def __init__(self, config: BigBirdPegasusConfig, layer_idx: int):
+        super().__init__()
+        self.self_attn = BigBirdPegasusDecoderAttention(config, layer_idx, is_cross_attention=False)
+        self.self_attn_layer_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.encoder_attn = BigBirdPegasusDecoderAttention(config, layer_idx, is_cross_attention=True)
+        self.encoder_attn_layer_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.init_feed_forward(config, config.decoder_ffn_dim)
+
+    def forward(self, hidden_states, self_attention_bias=None, encoder_hidden_states=None,
+                encoder_attention_bias=None, cache=None, output_attentions=False, head_mask=None,
+                cross_attn_head_mask=None):
+        attended, self_probs = self.self_attn(self.self_attn_layer_norm(hidden_states), None,
+                                              self_attention_bias, cache, output_attentions, head_mask)
+        hidden_states = self.residual(hidden_states, attended)
+        cross_probs = None
+        if encoder_hidden_states is not None:
+            attended, cross_probs = self.encoder_attn(self.encoder_attn_layer_norm(hidden_states),
+                                                      encoder_hidden_states, encoder_attention_bias, cache,
+                                                      output_attentions, cross_attn_head_mask)
+            hidden_states = self.residual(hidden_states, attended)
+        hidden_states = hidden_states + self.feed_forward(self.final_layer_norm(hidden_states))
+        return hidden_states, self_probs, cross_probs
+
+
+def clamp_fp16_overflow(hidden_states):
+    # fp16 activations of long inputs can overflow to inf; clamp them as the built-in model does.
+    if hidden_states.dtype == torch.float16 and not torch.isfinite(hidden_states).all():
+        limit = torch.finfo(hidden_states.dtype).max - 1000
+        hidden_states = hidden_states.clamp(min=-limit, max=limit)
+    return hidden_states
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pretrained-model plumbing.
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class BigBirdPegasusPreTrainedModel(PreTrainedModel):
+    config_class = BigBirdPegasusConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["BigBirdPegasusEncoderLayer", "BigBirdPegasusDecoderLayer"]
+    _skip_keys_device_placement = ["past_key_values", "cache"]
+    _supports_sdpa = True
+    _supports_cache_class = True
+    _supports_static_cache = False
+
+    def _init_weights(self, module):
+        # nn.init.* is looked up at call time: transformers 5 wraps it to skip weights loaded from a checkpoint.
+        std = self.config.init_std
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.padding_idx is not None and not getattr(module.weight, "_is_hf_initialized", False):
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, BigBirdPegasusForConditionalGeneration):
+            nn.init.zeros_(module.final_logits_bias)
+
+    if not TRANSFORMERS_V5:
+
+        @classmethod
+        def _load_pretrained_model(cls, model, *args, **kwargs):
+            # transformers 4 sends a top-level tensor that the device_map puts on "disk" (final_logits_bias) to
+            # the offload index, but accelerate only hooks modules: it would silently keep its initial zeros.
+            result = super()._load_pretrained_model(model, *args, **kwargs)
+            if "disk" in (kwargs.get("device_map") or {}).values():
+                load_offloaded_top_level_tensors(model, result[4], kwargs.get("disk_offload_folder"))
+            return result
+
+    @property
+    def dummy_inputs(self):
+        pad = self.config.pad_token_id
+        input_ids = torch.tensor([[0, 6, 10, 4, 2], [0, 8, 12, 2, pad]], device=self.device)
+        return {"attention_mask": input_ids.ne(pad), "input_ids": input_ids}
+
+
+def load_offloaded_top_level_tensors(model, offload_index, offload_folder):
+    """Loads onto the CPU the disk-offloaded tensors that belong to the model itself, not to a submodule.
+
+    `offload_index` points into safetensors checkpoints; without it (other checkpoints) the weights and their
+    index were written to `offload_folder`.
+    """
+    try:  # transformers' remote-code import check skips try blocks: only device_map users need accelerate
+        from accelerate.utils import OffloadedWeightsLoader, set_module_tensor_to_device
+    except ImportError as error:  # unreachable: device_map needs accelerate
+        raise ImportError("Offloading to disk needs accelerate: pip install accelerate") from error
+    weights = OffloadedWeightsLoader(save_folder=offload_folder, index=offload_index)
+    for name in weights.all_keys:
+        if "." not in name:
+            set_module_tensor_to_device(model, name, "cpu", value=weights[name])
+
+
+def scaled_word_embedding(config: BigBirdPegasusConfig) -> BigBirdPegasusScaledWordEmbedding:
+    scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
+    return BigBirdPegasusScaledWordEmbedding(config.vocab_size, config.d_model, config.pad_token_id, scale)
+
+
+class BigBirdPegasusEncoder(BigBirdPegasusPreTrainedModel):
+    """Embeddings, `encoder_layers` block-sparse layers and a final LayerNorm (`layernorm_embedding`)."""
+
+    def __init__(self, config: BigBirdPegasusConfig):
+        super().__init__(config)
+        self.embed_tokens = scaled_word_embedding(config)
+        self.embed_positions = BigBirdPegasusLearnedPositionalEmbedding(config.max_position_embeddings, config.d_model)
+        self.layers = nn.ModuleList(BigBirdPegasusEncoderLayer(config, i) for i in range(config.encoder_layers))
+        self.layernorm_embedding = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.embed_tokens = value
+
+    def forward(self, input_ids=None, attention_mask=None, head_mask=None, inputs_embeds=None,
+                output_attentions=None, output_hidden_states=None, return_dict=None, **kwargs):
+        output_attentions, output_hidden_states, return_dict = resolve_output_flags(
+            self.config, output_attentions, output_hidden_states, return_dict)
+        inputs_embeds = embed_inputs(self.embed_tokens, input_ids, inputs_embeds)
+        batch, seq_length = inputs_embeds.shape[:2]
+        check_length(seq_length, self.config.max_position_embeddings, "input")
+        # A device_map may put embed_positions on another device than embed_tokens.
+        positions = self.embed_positions(seq_length).to(inputs_embeds.device, inputs_embeds.dtype)
+        hidden_states = inputs_embeds + positions
+        hidden_states = F.dropout(hidden_states, p=self.config.dropout, training=self.training)
+        if attention_mask is None:
+            attention_mask = torch.ones(batch, seq_length, dtype=torch.long, device=hidden_states.device)
+        check_head_mask(head_mask, len(self.layers), "head_mask")
+
+        use_block_sparse = self.uses_block_sparse(seq_length)
+        padding = (-seq_length) % self.config.block_size if use_block_sparse else 0
+        hidden_states = F.pad(hidden_states, (0, 0, 0, padding))
+        attention_mask = F.pad(attention_mask, (0, padding), value=0)
+        attention_mask = None if is_unpadded(attention_mask) else attention_mask
+
+        all_hidden_states, all_attentions = [], []
+        for idx, layer in enumerate(self.layers):
+            if output_hidden_states:
+                all_hidden_states.append(hidden_states[:, :seq_length])
+            if skip_layer(self.training, self.config.encoder_layerdrop):
+                all_attentions.append(None)
+                continue
+            hidden_states, probs = layer(hidden_states, attention_mask, use_block_sparse, output_attentions,
+                                         None if head_mask is None else head_mask[idx])
+            all_attentions.append(None if probs is None else probs[..., :seq_length, :seq_length])
+        hidden_states = self.layernorm_embedding(hidden_states)[:, :seq_length]
+        if output_hidden_states:
+            all_hidden_states.append(hidden_states)
+
+        output = BaseModelOutput(
+            last_hidden_state=hidden_states,
+            hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
+            attentions=tuple(all_attentions) if output_attentions else None,
+        )
+        return output if return_dict else output.to_tuple()
+
+    def uses_block_sparse(self, seq_length: int) -> bool:
+        """Block-sparse needs more tokens than the global, window and random blocks together; shorter inputs
+        use full attention for this call only (the same rule as the built-in model)."""
+        if self.config.attention_type != "block_sparse":
+            return False
+        min_tokens = (5 + 2 * self.config.num_random_blocks) * self.config.block_size
+        if seq_length <= min_tokens:
+            logger.warning_once(
+                f"Input of {seq_length} tokens is too short for block-sparse attention (needs more than "
+                f"{min_tokens} = (5 + 2 * num_random_blocks) * block_size): using full attention for such inputs."
+            )
+            return False
+        return True
+
+
+class BigBirdPegasusDecoder(BigBirdPegasusPreTrainedModel):
+    """Embeddings, `decoder_layers` causal layers with cross-attention, and a final LayerNorm."""
+
+    def __init__(self, config: BigBirdPegasusConfig):
+        super().__init__(config)
+        self.embed_tokens = scaled_word_embedding(config)
+        self.embed_positions = BigBirdPegasusLearnedPositionalEmbedding(config.max_position_embeddings, config.d_model)
+        self.layers = nn.ModuleList(BigBirdPegasusDecoderLayer(config, i) for i in range(config.decoder_layers))
+        self.layernorm_embedding = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.embed_tokens = value
+
+    def forward(self, input_ids=None, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
+                head_mask=None, cross_attn_head_mask=None, past_key_values=None, inputs_embeds=None,
+                use_cache=None, output_attentions=None, output_hidden_states=None, return_dict=None,
+                cache=None, **kwargs):
+        output_attentions, output_hidden_states, return_dict = resolve_output_flags(
+            self.config, output_attentions, output_hidden_states, return_dict)
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        cache = cache if cache is not None else past_key_values
+        if self.gradient_checkpointing and self.training and use_cache:
+            logger.warning_once("use_cache=True is incompatible with gradient checkpointing: not caching.")
+            use_cache = False
+        if use_cache and cache is None:
+            cache = EncoderDecoderCache(DynamicCache(), DynamicCache()) if encoder_hidden_states is not None \
+                else DynamicCache()
+        if not use_cache:
+            cache = None
+        if cache is not None and not isinstance(cache, Cache):
+            raise TypeError("past_key_values/cache must be a transformers Cache (e.g. EncoderDecoderCache).")
+        check_head_mask(head_mask, len(self.layers), "head_mask")
+        check_head_mask(cross_attn_head_mask, len(self.layers), "cross_attn_head_mask")
+
+        inputs_embeds = embed_inputs(self.embed_tokens, input_ids, inputs_embeds)
+        batch, seq_length = inputs_embeds.shape[:2]
+        past_length = cache.get_seq_length() if cache is not None else 0
+        check_length(past_length + seq_length, self.config.max_position_embeddings, "decoder input")
+        positions = self.embed_positions(seq_length, past_length).to(inputs_embeds.device, inputs_embeds.dtype)
+        hidden_states = F.dropout(inputs_embeds + positions, p=self.config.dropout, training=self.training)
+
+        self_bias = causal_bias(attention_mask, batch, seq_length, past_length, hidden_states)
+        cross_bias = None
+        if encoder_hidden_states is not None:
+            check_encoder_batch(batch, encoder_hidden_states.shape[0])
+        if encoder_hidden_states is not None and encoder_attention_mask is not None:
+            cross_bias = additive_mask(encoder_attention_mask.bool()[:, None, None, :], hidden_states.dtype)
+
+        all_hidden_states, all_self, all_cross = [], [], []
+        for idx, layer in enumerate(self.layers):
+            if output_hidden_states:
+                all_hidden_states.append(hidden_states)
+            if skip_layer(self.training, self.config.decoder_layerdrop):
+                continue
+            hidden_states, self_probs, cross_probs = layer(
+                hidden_states, self_bias, encoder_hidden_states, cross_bias, cache, output_attentions,
+                None if head_mask is None else head_mask[idx],
+                None if cross_attn_head_mask is None else cross_attn_head_mask[idx],
+            )
+            all_self.append(self_probs)
+            all_cross.append(cross_probs)
+        hidden_states = self.layernorm_embedding(hidden_states)
+        if output_hidden_states:
+            all_hidden_states.append(hidden_states)
+
+        output = BaseModelOutputWithPastAndCrossAttentions(
+            last_hidden_state=hidden_states,
+            hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
+            attentions=tuple(all_self) if output_attentions else None,
+            cross_attentions=tuple(all_cross) if output_attentions and encoder_hidden_states is not None else None,
+            **{CACHE_FIELD: cache},
+        )
+        return output if return_dict else output.to_tuple()
+
+
+def resolve_output_flags(config, output_attentions, output_hidden_states, return_dict):
+    return (
+        config.output_attentions if output_attentions is None else output_attentions,
+        config.output_hidden_states if output_hidden_states is None else output_hidden_states,
+        config.return_dict if return_dict is None else return_dict,
+    )
+
+
+def embed_inputs(embed_tokens, input_ids, inputs_embeds):
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+    return embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+
+
+def check_length(length: int, max_positions: int, what: str):
+    if length > max_positions:
+        raise ValueError(
+            f"The {what} has {length} tokens but the model has only {max_positions} positions "
+            "(config.max_position_embeddings): truncate it, e.g. tokenizer(..., truncation=True)."
+        )
+
+
+def check_head_mask(head_mask, num_layers: int, name: str):
+    if head_mask is not None and head_mask.shape[0] != num_layers:
+        raise ValueError(f"{name} must have one row per layer ({num_layers}), got shape {tuple(head_mask.shape)}.")
+
+
+def check_encoder_batch(batch: int, encoder_batch: int):
+    # Rows of one input may share its encoder output (beam search does): `batch` is a multiple of its batch.
+    if batch % encoder_batch != 0:
+        raise ValueError(
+            f"The decoder input has {batch} rows but encoder_hidden_states has {encoder_batch}: pass one encoder "
+            "output per decoder row, or one per input shared by consecutive rows (e.g. beams)."
+        )
+
+
+def is_unpadded(attention_mask: torch.Tensor) -> bool:
+    """True when the mask has no padding, so attention can skip its key-padding bias. One check per forward;
+    under torch.compile we keep the mask rather than break the graph on a data-dependent branch."""
+    if getattr(torch.compiler, "is_compiling", lambda: False)():  # torch >= 2.3
+        return False
+    return bool(attention_mask.all())
+
+
+def skip_layer(training: bool, layerdrop: float) -> bool:
+    # LayerDrop (https://huggingface.co/papers/1909.11556), in training only.
+    return training and layerdrop > 0.0 and bool(torch.rand([]) < layerdrop)
+
+
+def causal_bias(attention_mask, batch, seq_length, past_length, like):
+    """Additive [batch, 1, seq, past + seq] mask: causal, and padding from a 2D decoder attention mask.
+
+    A single new token (every generation step) sees the whole cache: no causal part to build, and no bias at
+    all without a decoder attention mask."""
+    total = past_length + seq_length
+    key_allowed = None
+    if attention_mask is not None:
+        if attention_mask.dim() != 2:
+            raise ValueError("decoder attention_mask must be 2D [batch, length] with 1 for tokens and 0 for padding.")
+        if attention_mask.shape[1] == seq_length and past_length:
+            attention_mask = F.pad(attention_mask, (past_length, 0), value=1)
+        key_allowed = attention_mask[:, None, None, -total:].bool().to(like.device)
+    if seq_length == 1:
+        return None if key_allowed is None else additive_mask(key_allowed, like.dtype)
+    query_pos = torch.arange(past_length, total, device=like.device)[:, None]
+    allowed = (torch.arange(total, device=like.device)[None, :] <= query_pos)[None, None]
+    if key_allowed is not None:
+        allowed = allowed & key_allowed
+    return additive_mask(allowed.expand(batch, 1, seq_length, total), like.dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Models.
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class BigBirdPegasusModel(BigBirdPegasusPreTrainedModel):
+    """The bare encoder-decoder, returning the decoder's last hidden state."""
+
+    _tied_weights_keys = (
+        {"encoder.embed_tokens.weight": "shared.weight", "decoder.embed_tokens.weight": "shared.weight"}
+        if TRANSFORMERS_V5
+        else ["encoder.embed_tokens.weight", "decoder.embed_tokens.weight"]
+    )
+
+    def __init__(self, config: BigBirdPegasusConfig):
+        super().__init__(config)
+        self.shared = scaled_word_embedding(config)
+        self.encoder = BigBirdPegasusEncoder(config)
+        self.decoder = BigBirdPegasusDecoder(config)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.shared
+
+    def set_input_embeddings(self, value):
+        self.shared = value
+        self.encoder.embed_tokens = value
+        self.decoder.embed_tokens = value
+
+    def _tie_weights(self):
+        # transformers 4.x ties through this hook; 5.x through `_tied_weights_keys`.
+        if self.config.tie_word_embeddings:
+            self.encoder.embed_tokens.weight = self.shared.weight
+            self.decoder.embed_tokens.weight = self.shared.weight
+
+    def get_encoder(self):
+        return self.encoder
+
+    def get_decoder(self):
+        return self.decoder
+
+    def forward(self, input_ids=None, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
+                head_mask=None, decoder_head_mask=None, cross_attn_head_mask=None, encoder_outputs=None,
+                past_key_values=None, inputs_embeds=None, decoder_inputs_embeds=None, use_cache=None,
+                output_attentions=None, output_hidden_states=None, return_dict=None, cache=None, **kwargs):
+        output_attentions, output_hidden_states, return_dict = resolve_output_flags(
+            self.config, output_attentions, output_hidden_states, return_dict)
+        if decoder_input_ids is None and decoder_inputs_embeds is None:
+            if input_ids is None:
+                raise ValueError("Pass decoder_input_ids or decoder_inputs_embeds, or input_ids to shift right.")
+            decoder_input_ids = shift_tokens_right(input_ids, self.config.pad_token_id,
+                                                   self.config.decoder_start_token_id)
+        if encoder_outputs is None:
+            encoder_outputs = self.encoder(input_ids=input_ids, attention_mask=attention_mask, head_mask=head_mask,
+                                           inputs_embeds=inputs_embeds, output_attentions=output_attentions,
+                                           output_hidden_states=output_hidden_states, return_dict=True)
+        elif not isinstance(encoder_outputs, BaseModelOutput):
+            encoder_outputs = BaseModelOutput(*encoder_outputs)
+        decoder_outputs = self.decoder(
+            input_ids=decoder_input_ids, attention_mask=decoder_attention_mask,
+            encoder_hidden_states=encoder_outputs.last_hidden_state, encoder_attention_mask=attention_mask,
+            head_mask=decoder_head_mask, cross_attn_head_mask=cross_attn_head_mask,
+            cache=cache if cache is not None else past_key_values, inputs_embeds=decoder_inputs_embeds,
+            use_cache=use_cache, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        output = Seq2SeqModelOutput(
+            last_hidden_state=decoder_outputs.last_hidden_state,
+            decoder_hidden_states=decoder_outputs.hidden_states,
+            decoder_attentions=decoder_outputs.attentions,
+            cross_attentions=decoder_outputs.cross_attentions,
+            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+            encoder_hidden_states=encoder_outputs.hidden_states,
+            encoder_attentions=encoder_outputs.attentions,
+            **{CACHE_FIELD: getattr(decoder_outputs, CACHE_FIELD)},
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class BigBirdPegasusForConditionalGeneration(BigBirdPegasusPreTrainedModel, GenerationMixin):
+    """The encoder-decoder with a language-modeling head tied to the shared embeddings: summarization."""
+
+    _tied_weights_keys = (
+        {"lm_head.weight": "model.shared.weight"}
+        if TRANSFORMERS_V5
+        else ["encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "lm_head.weight"]
+    )
+    _keys_to_ignore_on_load_missing = ["final_logits_bias"]
+
+    def __init__(self, config: BigBirdPegasusConfig):
+        super().__init__(config)
+        self.model = BigBirdPegasusModel(config)
+        self.register_buffer("final_logits_bias", torch.zeros((1, config.vocab_size)))
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_encoder(self):
+        return self.model.get_encoder()
+
+    def get_decoder(self):
+        return self.model.get_decoder()
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head = new_embeddings
+
+    def _tie_weights(self):
+        if self.config.tie_word_embeddings:
+            self.model._tie_weights()
+            self.lm_head.weight = self.model.shared.weight
+
+    def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor):
+        return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
+
+    def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None, **model_kwargs):
+        """generate() hook: copies inputs once per beam (or returned sequence). The encoder output and its mask
+        stay one per input instead: cross-attention groups the beams' queries, so the cross-attention keys and
+        values are projected, stored and read once per input and never reordered between beams."""
+        shared = {name: model_kwargs.pop(name) for name in ("encoder_outputs", "attention_mask")
+                  if name in model_kwargs}
+        input_ids, model_kwargs = super()._expand_inputs_for_generation(
+            expand_size=expand_size, is_encoder_decoder=False, input_ids=input_ids, **model_kwargs)
+        return input_ids, {**model_kwargs, **shared}
+
+    def _reorder_cache(self, cache, beam_idx):
+        """generate() hook of beam search: the decoder's own cache follows the surviving beams; the per-input
+        cross-attention cache (see `_expand_inputs_for_generation`) is shared by all of them and stays."""
+        if not isinstance(cache, EncoderDecoderCache):
+            cache.reorder_cache(beam_idx)
+            return cache
+        cache.self_attention_cache.reorder_cache(beam_idx)
+        if cache_batch_size(cache.cross_attention_cache) == beam_idx.shape[0]:  # one entry per beam after all
+            cache.cross_attention_cache.reorder_cache(beam_idx)
+        return cache
+
+    def forward(self, input_ids=None, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
+                head_mask=None, decoder_head_mask=None, cross_attn_head_mask=None, encoder_outputs=None,
+                past_key_values=None, inputs_embeds=None, decoder_inputs_embeds=None, labels=None, use_cache=None,
+                output_attentions=None, output_hidden_states=None, return_dict=None, cache=None, **kwargs):
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        if labels is not None:
+            use_cache = False
+            if decoder_input_ids is None and decoder_inputs_embeds is None:
+                decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
+        outputs = self.model(
+            input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
+            decoder_attention_mask=decoder_attention_mask, head_mask=head_mask, decoder_head_mask=decoder_head_mask,
+            cross_attn_head_mask=cross_attn_head_mask, encoder_outputs=encoder_outputs,
+            cache=cache if cache is not None else past_key_values, inputs_embeds=inputs_embeds,
+            decoder_inputs_embeds=decoder_inputs_embeds, use_cache=use_cache, output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states, return_dict=True,
+        )
+        logits = self.lm_head(outputs.last_hidden_state)
+        logits = logits + self.final_logits_bias.to(logits.device)
+        loss = None if labels is None else language_modeling_loss(logits, labels)
+        output = Seq2SeqLMOutput(
+            loss=loss,
+            logits=logits,
+            decoder_hidden_states=outputs.decoder_hidden_states,
+            decoder_attentions=outputs.decoder_attentions,
+            cross_attentions=outputs.cross_attentions,
+            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
+            encoder_hidden_states=outputs.encoder_hidden_states,
+            encoder_attentions=outputs.encoder_attentions,
+            **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
+        )
+        return output if return_dict else output.to_tuple()
+
+
+def cache_batch_size(cache: Cache):
+    """Rows held by a cache, or None while it is empty."""
+    for layer in cache.layers:
+        if getattr(layer, "keys", None) is not None and layer.keys.numel():
+            return layer.keys.shape[0]
+    return None
+
+
+def language_modeling_loss(logits, labels):
+    labels = labels.to(logits.device)
+    return CrossEntropyLoss()(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1))
+
+
+def last_eos_states(hidden_states, input_ids, eos_token_id):
+    """The decoder state at each row's last EOS: the sentence representation of Bart-style classifiers."""
+    eos_mask = input_ids.eq(eos_token_id).to(hidden_states.device)
+    counts = eos_mask.sum(1)
+    if (counts == 0).any() or not (counts == counts[0]).all():
+        raise ValueError("Every input must end with the same number of </s> (eos) tokens for classification.")
+    return hidden_states[eos_mask, :].view(hidden_states.shape[0], -1, hidden_states.shape[-1])[:, -1, :]
+
+
+class BigBirdPegasusClassificationHead(nn.Module):
+    """dense -> tanh -> out_proj on the sentence representation (names as in the built-in model)."""
+
+    def __init__(self, input_dim: int, inner_dim: int, num_classes: int, pooler_dropout: float):
+        super().__init__()
+        self.dense = nn.Linear(input_dim, inner_dim)
+        self.dropout = nn.Dropout(p=pooler_dropout)
+        self.out_proj = nn.Linear(inner_dim, num_classes)
+
+    def forward(self, hidden_states):
+        hidden_states = torch.tanh(self.dense(self.dropout(hidden_states)))
+        return self.out_proj(self.dropout(hidden_states))
+
+
+def classification_loss(config, logits, labels, num_labels):
+    """Regression, single-label or multi-label loss, chosen as transformers' classifiers choose it."""
+    labels = labels.to(logits.device)
+    if config.problem_type is None:
+        if num_labels == 1:
+            config.problem_type = "regression"
+        elif labels.dtype in (torch.long, torch.int):
+            config.problem_type = "single_label_classification"
+        else:
+            config.problem_type = "multi_label_classification"
+    if config.problem_type == "regression":
+        return MSELoss()(logits.squeeze(), labels.squeeze()) if num_labels == 1 else MSELoss()(logits, labels)
+    if config.problem_type == "single_label_classification":
+        return CrossEntropyLoss()(logits.view(-1, num_labels), labels.view(-1))
+    return BCEWithLogitsLoss()(logits, labels)
+
+
+class EncoderDecoderHeadMixin:
+    """Shared plumbing of the heads that run the whole encoder-decoder once and read its output."""
+
+    def run_model(self, input_ids, decoder_input_ids, kwargs):
+        return self.model(input_ids, decoder_input_ids=decoder_input_ids, return_dict=True, **kwargs)
+
+    def head_output(self, output_class, loss, outputs, **fields):
+        return output_class(
+            loss=loss,
+            decoder_hidden_states=outputs.decoder_hidden_states,
+            decoder_attentions=outputs.decoder_attentions,
+            cross_attentions=outputs.cross_attentions,
+            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
+            encoder_hidden_states=outputs.encoder_hidden_states,
+            encoder_attentions=outputs.encoder_attentions,
+            **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
+            **fields,
+        )
+
+
+class BigBirdPegasusForSequenceClassification(EncoderDecoderHeadMixin, BigBirdPegasusPreTrainedModel):
+    """Sequence classification or regression from the decoder state at the last </s> token."""
+
+    # transformers 5 finds the embedding ties inside `model`; 4.x matches these names as patterns.
+    _tied_weights_keys = None if TRANSFORMERS_V5 else ["encoder.embed_tokens.weight", "decoder.embed_tokens.weight"]
+
+    def __init__(self, config: BigBirdPegasusConfig, **kwargs):
+        super().__init__(config, **kwargs)
+        self.model = BigBirdPegasusModel(config)
+        self.classification_head = BigBirdPegasusClassificationHead(
+            config.d_model, config.d_model, config.num_labels, config.classifier_dropout)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, decoder_input_ids=None, labels=None, return_dict=None,
+                **kwargs):
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        if input_ids is None and kwargs.get("inputs_embeds") is not None:
+            raise NotImplementedError("Sequence classification needs input_ids to find the </s> token.")
+        outputs = self.run_model(input_ids, decoder_input_ids, dict(kwargs, attention_mask=attention_mask))
+        sentence = last_eos_states(outputs.last_hidden_state, input_ids, self.config.eos_token_id)
+        logits = self.classification_head(sentence)
+        loss = None if labels is None else classification_loss(self.config, logits, labels, self.config.num_labels)
+        output = self.head_output(Seq2SeqSequenceClassifierOutput, loss, outputs, logits=logits)
+        return output if return_dict else output.to_tuple()
+
+
+class BigBirdPegasusForQuestionAnswering(EncoderDecoderHeadMixin, BigBirdPegasusPreTrainedModel):
+    """Extractive question answering: start/end logits over the decoder states."""
+
+    _tied_weights_keys = BigBirdPegasusForSequenceClassification._tied_weights_keys
+
+    def __init__(self, config: BigBirdPegasusConfig):
+        super().__init__(config)
+        config.num_labels = 2
+        self.num_labels = config.num_labels
+        self.model = BigBirdPegasusModel(config)
+        self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, decoder_input_ids=None, start_positions=None,
+                end_positions=None, return_dict=None, **kwargs):
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        outputs = self.run_model(input_ids, decoder_input_ids, dict(kwargs, attention_mask=attention_mask))
+        start_logits, end_logits = self.qa_outputs(outputs.last_hidden_state).split(1, dim=-1)
+        start_logits, end_logits = start_logits.squeeze(-1).contiguous(), end_logits.squeeze(-1).contiguous()
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            loss = span_loss(start_logits, end_logits, start_positions, end_positions)
+        output = self.head_output(Seq2SeqQuestionAnsweringModelOutput, loss, outputs,
+                                  start_logits=start_logits, end_logits=end_logits)
+        return output if return_dict else output.to_tuple()
+
+
+def span_loss(start_logits, end_logits, start_positions, end_positions):
+    """Mean of start and end cross-entropies; positions outside the sequence are ignored."""
+    length = start_logits.shape[1]
+    loss_fct = CrossEntropyLoss(ignore_index=length)
+    start = start_positions.view(-1).to(start_logits.device).clamp(0, length)
+    end = end_positions.view(-1).to(end_logits.device).clamp(0, length)
+    return (loss_fct(start_logits, start) + loss_fct(end_logits, end)) / 2
+
+
+class BigBirdPegasusDecoderWrapper(BigBirdPegasusPreTrainedModel):
+    """Holds the decoder under `model.decoder` so causal-LM weights keep the encoder-decoder's names."""
+
+    def __init__(self, config: BigBirdPegasusConfig):
+        super().__init__(config)
+        self.decoder = BigBirdPegasusDecoder(config)
+        self.post_init()
+
+    def forward(self, *args, **kwargs):
+        return self.decoder(*args, **kwargs)
+
+
+class BigBirdPegasusForCausalLM(BigBirdPegasusPreTrainedModel, GenerationMixin):
+    """The decoder alone as a causal language model (optionally cross-attending to given encoder states)."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.decoder.embed_tokens.weight"} if TRANSFORMERS_V5 else ["lm_head.weight"]
+
+    def __init__(self, config: BigBirdPegasusConfig):
+        config = copy.deepcopy(config)
+        config.is_decoder, config.is_encoder_decoder = True, False
+        super().__init__(config)
+        self.model = BigBirdPegasusDecoderWrapper(config)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.decoder.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.model.decoder.embed_tokens = value
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head = new_embeddings
+
+    def get_decoder(self):
+        return self.model.decoder
+
+    def _tie_weights(self):
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.model.decoder.embed_tokens.weight
+
+    def forward(self, input_ids=None, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
+                head_mask=None, cross_attn_head_mask=None, past_key_values=None, inputs_embeds=None, labels=None,
+                use_cache=None, output_attentions=None, output_hidden_states=None, return_dict=None, cache=None,
+                **kwargs):
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        outputs = self.model.decoder(
+            input_ids=input_ids, attention_mask=attention_mask, encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=encoder_attention_mask, head_mask=head_mask,
+            cross_attn_head_mask=cross_attn_head_mask, cache=cache if cache is not None else past_key_values,
+            inputs_embeds=inputs_embeds, use_cache=use_cache, output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states, return_dict=True,
+        )
+        logits = self.lm_head(outputs.last_hidden_state)
+        # As in the built-in model, labels are aligned with the logits (not shifted inside).
+        loss = None if labels is None else language_modeling_loss(logits, labels)
+        output = CausalLMOutputWithCrossAttentions(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions,
+            cross_attentions=outputs.cross_attentions, **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
+        )
+        return output if return_dict else output.to_tuple()
+
+
+AUTO_CLASSES = {
+    "AutoModel": BigBirdPegasusModel,
+    "AutoModelForSeq2SeqLM": BigBirdPegasusForConditionalGeneration,
+    "AutoModelForCausalLM": BigBirdPegasusForCausalLM,
+    "AutoModelForSequenceClassification": BigBirdPegasusForSequenceClassification,
+    "AutoModelForQuestionAnswering": BigBirdPegasusForQuestionAnswering,
+}
+for _auto_class, _model_class in AUTO_CLASSES.items():
+    _model_class.register_for_auto_class(_auto_class)
+
+
+def auto_map() -> dict[str, str]:
+    """`auto_map` entries for the config and every head, spelled as transformers writes a registered class."""
+    entries = {"AutoConfig": BigBirdPegasusConfig, **AUTO_CLASSES}
+    return {auto: f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}" for auto, cls in entries.items()}
+
+
+def summarization_pipeline_class():
+    """The summarization pipeline shipped with this model (transformers 5 has none built in).
+
+    The relative import also makes transformers carry pipeline_bigbird_pegasus.py along whenever it saves
+    (`save_pretrained`, `push_to_hub`) or downloads this file: it follows relative imports.
+    """
+    from .pipeline_bigbird_pegasus import BigBirdPegasusSummarizationPipeline
+
+    return BigBirdPegasusSummarizationPipeline
+
+
+__all__ = [
+    "BigBirdPegasusForCausalLM",
+    "BigBirdPegasusForConditionalGeneration",
+    "BigBirdPegasusForQuestionAnswering",
+    "BigBirdPegasusForSequenceClassification",
+    "BigBirdPegasusModel",
+    "BigBirdPegasusPreTrainedModel",
+]
