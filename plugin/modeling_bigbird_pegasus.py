@@ -189,14 +189,16 @@ def attend_middle_blocks(query, key, value, layout: BlockSparseLayout, token_mas
 
 def gather_key_blocks(states: torch.Tensor, layout: BlockSparseLayout) -> torch.Tensor:
     """states: [batch, heads, seq, head_dim] -> [batch * heads, rows, slots * block_size, head_dim]: each row's
-    key blocks laid end to end, by one index_select over the blocks of every (input, head)."""
+    key blocks laid end to end, by one gather over the blocks of every (input, head)."""
     batch, heads, seq_length, head_dim = states.shape
     blocks = states.contiguous().view(batch * heads * layout.num_blocks, -1)
     index = layout.head_key_blocks
     if batch > 1:
         first_block = torch.arange(batch, device=index.device)[:, None] * (heads * layout.num_blocks)
         index = (first_block + index).flatten()
-    return blocks.index_select(0, index).view(batch * heads, layout.num_blocks - 2, -1, head_dim)
+    # Indexing rather than index_select: on CPU, index_select's result page-faults in again on every call even
+    # when freed memory could hold it (one layer at 8192 tokens, 130 MB: 134 ms against 59 ms, one thread).
+    return blocks[index].view(batch * heads, layout.num_blocks - 2, -1, head_dim)
 
 
 def middle_block_bias(layout: BlockSparseLayout, token_mask, heads, dtype) -> torch.Tensor:
