@@ -449,14 +449,15 @@ def scaled_word_embedding(config: BigBirdPegasusConfig) -> BigBirdPegasusScaledW
     return BigBirdPegasusScaledWordEmbedding(config.vocab_size, config.d_model, config.pad_token_id, scale)
 
 
-class BigBirdPegasusEncoder(BigBirdPegasusPreTrainedModel):
-    """Embeddings, `encoder_layers` block-sparse layers and a final LayerNorm (`layernorm_embedding`)."""
+class BigBirdPegasusStack(BigBirdPegasusPreTrainedModel):
+    """Token and position embeddings, a stack of layers and a final LayerNorm (named `layernorm_embedding`, as in
+    the built-in model): what the encoder and the decoder share."""
 
-    def __init__(self, config: BigBirdPegasusConfig):
+    def __init__(self, config: BigBirdPegasusConfig, layer_class, num_layers: int):
         super().__init__(config)
         self.embed_tokens = scaled_word_embedding(config)
         self.embed_positions = BigBirdPegasusLearnedPositionalEmbedding(config.max_position_embeddings, config.d_model)
-        self.layers = nn.ModuleList(BigBirdPegasusEncoderLayer(config, i) for i in range(config.encoder_layers))
+        self.layers = nn.ModuleList(layer_class(config, i) for i in range(num_layers))
         self.layernorm_embedding = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
         self.gradient_checkpointing = False
         self.post_init()
@@ -466,6 +467,13 @@ class BigBirdPegasusEncoder(BigBirdPegasusPreTrainedModel):
 
     def set_input_embeddings(self, value):
         self.embed_tokens = value
+
+
+class BigBirdPegasusEncoder(BigBirdPegasusStack):
+    """`encoder_layers` block-sparse layers."""
+
+    def __init__(self, config: BigBirdPegasusConfig):
+        super().__init__(config, BigBirdPegasusEncoderLayer, config.encoder_layers)
 
     def forward(self, input_ids=None, attention_mask=None, head_mask=None, inputs_embeds=None,
                 output_attentions=None, output_hidden_states=None, return_dict=None, **kwargs):
@@ -524,23 +532,11 @@ class BigBirdPegasusEncoder(BigBirdPegasusPreTrainedModel):
         return True
 
 
-class BigBirdPegasusDecoder(BigBirdPegasusPreTrainedModel):
-    """Embeddings, `decoder_layers` causal layers with cross-attention, and a final LayerNorm."""
+class BigBirdPegasusDecoder(BigBirdPegasusStack):
+    """`decoder_layers` causal layers with cross-attention."""
 
     def __init__(self, config: BigBirdPegasusConfig):
-        super().__init__(config)
-        self.embed_tokens = scaled_word_embedding(config)
-        self.embed_positions = BigBirdPegasusLearnedPositionalEmbedding(config.max_position_embeddings, config.d_model)
-        self.layers = nn.ModuleList(BigBirdPegasusDecoderLayer(config, i) for i in range(config.decoder_layers))
-        self.layernorm_embedding = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
-        self.gradient_checkpointing = False
-        self.post_init()
-
-    def get_input_embeddings(self):
-        return self.embed_tokens
-
-    def set_input_embeddings(self, value):
-        self.embed_tokens = value
+        super().__init__(config, BigBirdPegasusDecoderLayer, config.decoder_layers)
 
     def forward(self, input_ids=None, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
                 head_mask=None, cross_attn_head_mask=None, past_key_values=None, inputs_embeds=None,
