@@ -202,9 +202,9 @@ class BlockSparseLayout:
     slot_allowed: [num_blocks - 2, 5 + num_random] bool. The window of the second and the second-to-last query
         block already holds a global block; its second copy is switched off so it is not counted twice.
         (Random blocks that repeat another block ARE counted twice, exactly as in the original.)
-    head_key_blocks: [num_heads * (num_blocks - 2) * (5 + num_random)] long, `key_blocks` flattened and offset by
-        `head * num_blocks`: rows of one input's keys viewed as [num_heads * num_blocks, block_size * head_dim],
-        so one `index_select` gathers every row's key blocks.
+    head_key_blocks: [num_heads, num_blocks - 2, 5 + num_random] long, `key_blocks` offset by `head * num_blocks`:
+        indices into one input's keys viewed as [num_heads * num_blocks, block_size * head_dim], so one
+        `index_select` gathers the key blocks of any range of rows for every head.
     key_allowed: [num_blocks - 2, (5 + num_random) * block_size] bool, `slot_allowed` per key token.
     """
 
@@ -246,6 +246,6 @@ def block_sparse_layout(seed: int, seq_length: int, num_heads: int, block_size: 
     slot_allowed = torch.ones(num_blocks - 2, FIXED_SLOTS + num_random, dtype=torch.bool)
     slot_allowed[0, FIRST_GLOBAL_SLOT] = False
     slot_allowed[-1, LAST_GLOBAL_SLOT] = False
-    head_key_blocks = (key_blocks + torch.arange(num_heads)[:, None, None] * num_blocks).flatten()
+    head_key_blocks = key_blocks + torch.arange(num_heads)[:, None, None] * num_blocks
     key_allowed = slot_allowed.repeat_interleave(block_size, dim=-1)
     return BlockSparseLayout(key_blocks, slot_allowed, head_key_blocks, key_allowed)

@@ -31,6 +31,10 @@ from .configuration_bigbird_pegasus import BigBirdPegasusConfig
 
 logger = logging.get_logger(__name__)
 
+# Activations computed by one fused kernel instead of a chain of elementwise ops, same function: `gelu_new` is
+# GELU's tanh approximation (the chain costs a fifth of the encoder's time on CPU).
+FUSED_ACTIVATIONS = {"gelu_new": "gelu_pytorch_tanh"}
+
 # transformers 5 renamed the generation cache from `past_key_values` to `cache`, in model outputs too.
 TRANSFORMERS_V5 = int(transformers.__version__.split(".")[0]) >= 5
 CACHE_FIELD = "cache" if "cache" in Seq2SeqLMOutput.__dataclass_fields__ else "past_key_values"
@@ -148,8 +152,8 @@ def block_sparse_attention(query, key, value, layout: BlockSparseLayout, token_m
     query/key/value: [batch, heads, seq, head_dim]; token_mask: [batch, seq] bool, or None without padding.
     """
     block_size = layout.block_size
-    # One head-major copy of the keys and values serves both the block gather and the global queries' SDPA.
-    key, value = key.contiguous(), value.contiguous()
+    # One head-major copy of each: the block gather needs it, and SDPA runs faster on it.
+    query, key, value = query.contiguous(), key.contiguous(), value.contiguous()
     global_context, global_probs = attend_global_blocks(query, key, value, token_mask, block_size, need_weights)
     middle_context, middle_probs = attend_middle_blocks(query, key, value, layout, token_mask, need_weights)
     context = torch.cat([global_context[:, :, :block_size], middle_context, global_context[:, :, block_size:]], dim=2)
@@ -172,44 +176,67 @@ def attend_global_blocks(query, key, value, token_mask, block_size, need_weights
 
 
 def attend_middle_blocks(query, key, value, layout: BlockSparseLayout, token_mask, need_weights):
-    """Every other query block against its row of key blocks, in one call: SDPA's batch is (batch, head) and its
-    "heads" are the rows, so it stays 4D (the fused kernels need that). Returns the context
-    [batch, heads, rows * block_size, head_dim] and, if asked, probabilities [batch, heads, rows, block, keys]."""
-    batch, heads, seq_length, head_dim = query.shape
+    """Every other query block against its row of key blocks, tile by tile (see `middle_tiles`). In each SDPA
+    call the batch is (input, head) and the "heads" are the rows, so it stays 4D (the fused kernels need that).
+    Returns the context [batch, heads, rows * block_size, head_dim] and, if asked, probabilities
+    [batch, heads, rows, block_size, keys]."""
+    batch, heads, _, head_dim = query.shape
     block_size, rows = layout.block_size, layout.num_blocks - 2
     middle_query = query.unflatten(2, (layout.num_blocks, block_size))[:, :, 1:-1]
-    middle_query = middle_query.reshape(batch * heads, rows, block_size, head_dim)
-    bias = middle_block_bias(layout, token_mask, heads, query.dtype)
-    context, probs = attend(middle_query, gather_key_blocks(key, layout), gather_key_blocks(value, layout), bias,
-                            need_weights=need_weights)
-    if probs is not None:
-        probs = probs.view(batch, heads, rows, block_size, -1)
+    bias = middle_block_bias(layout, token_mask, query.dtype)
+    context = query.new_empty(batch, heads, rows, block_size, head_dim)
+    probs = query.new_empty(batch, heads, rows, block_size, bias.shape[-1]) if need_weights else None
+    for inputs, tile in middle_tiles(layout, key):
+        tile_bias = bias[inputs if len(bias) > 1 else slice(None), :, tile].flatten(0, 1)
+        tile_context, tile_probs = attend(
+            middle_query[inputs, :, tile].flatten(0, 1), gather_key_blocks(key, layout, inputs, tile),
+            gather_key_blocks(value, layout, inputs, tile), tile_bias, need_weights=need_weights,
+        )
+        context[inputs, :, tile] = tile_context.unflatten(0, (-1, heads))
+        if need_weights:
+            probs[inputs, :, tile] = tile_probs.unflatten(0, (-1, heads))
     return context.view(batch, heads, rows * block_size, head_dim), probs
 
 
-def gather_key_blocks(states: torch.Tensor, layout: BlockSparseLayout) -> torch.Tensor:
-    """states: [batch, heads, seq, head_dim] -> [batch * heads, rows, slots * block_size, head_dim]: each row's
-    key blocks laid end to end, by one gather over the blocks of every (input, head)."""
-    batch, heads, seq_length, head_dim = states.shape
-    blocks = states.contiguous().view(batch * heads * layout.num_blocks, -1)
-    index = layout.head_key_blocks
-    if batch > 1:
-        first_block = torch.arange(batch, device=index.device)[:, None] * (heads * layout.num_blocks)
-        index = (first_block + index).flatten()
-    # Indexing rather than index_select: on CPU, index_select's result page-faults in again on every call even
-    # when freed memory could hold it (one layer at 8192 tokens, 130 MB: 134 ms against 59 ms, one thread).
-    return blocks[index].view(batch * heads, layout.num_blocks - 2, -1, head_dim)
+# On CPU the gathered key/value blocks are attended tile by tile while they are still in cache: gathering all of
+# them first (130 MB per layer at 8192 tokens) and reading them back takes longer than the attention itself.
+CPU_TILE_BYTES = 4 * 2**20
 
 
-def middle_block_bias(layout: BlockSparseLayout, token_mask, heads, dtype) -> torch.Tensor:
-    """Additive bias of the gathered keys, [1 or batch * heads, rows, 1, keys]: the duplicate global slots of
-    the second and second-to-last row and, only when there is padding, the padded keys."""
-    allowed = layout.key_allowed[None, :, None, :]
+def middle_tiles(layout: BlockSparseLayout, key: torch.Tensor) -> list[tuple[slice, slice]]:
+    """(inputs, rows) ranges to attend at once: everything on accelerators (one launch); on CPU, pieces whose
+    gathered keys and values take about CPU_TILE_BYTES."""
+    batch, heads, _, head_dim = key.shape
+    rows = layout.num_blocks - 2
+    if key.device.type != "cpu":
+        return [(slice(0, batch), slice(0, rows))]
+    row_bytes = 2 * heads * layout.key_allowed.shape[1] * head_dim * key.element_size()
+    rows_per_tile = max(1, CPU_TILE_BYTES // row_bytes)
+    if rows_per_tile >= rows:  # short inputs: whole inputs per tile
+        step = rows_per_tile // rows
+        return [(slice(first, first + step), slice(0, rows)) for first in range(0, batch, step)]
+    return [(slice(index, index + 1), slice(first, first + rows_per_tile))
+            for index in range(batch) for first in range(0, rows, rows_per_tile)]
+
+
+def gather_key_blocks(states: torch.Tensor, layout: BlockSparseLayout, inputs: slice, tile: slice) -> torch.Tensor:
+    """states: [batch, heads, seq, head_dim] (contiguous) -> [tile inputs * heads, tile rows, keys, head_dim]:
+    each row's key blocks laid end to end, by one index_select over the blocks of every (input, head)."""
+    batch, heads, _, head_dim = states.shape
+    blocks = states.view(batch * heads * layout.num_blocks, -1)
+    first_blocks = torch.arange(batch, device=states.device)[inputs] * (heads * layout.num_blocks)
+    index = first_blocks[:, None, None, None] + layout.head_key_blocks[:, tile]
+    return blocks.index_select(0, index.flatten()).view(-1, index.shape[2], layout.key_allowed.shape[1], head_dim)
+
+
+def middle_block_bias(layout: BlockSparseLayout, token_mask, dtype) -> torch.Tensor:
+    """Additive bias of the gathered keys, [1 or batch, 1 or heads, rows, 1, keys]: the duplicate global slots
+    of the second and second-to-last row and, only when there is padding, the padded keys."""
+    allowed = layout.key_allowed[None, None, :, None, :]
     if token_mask is not None:
-        batch, rows = token_mask.shape[0], layout.num_blocks - 2
-        token_blocks = token_mask.unflatten(1, (layout.num_blocks, -1))
-        key_tokens = token_blocks[:, layout.key_blocks].view(batch * heads, rows, 1, -1)
-        allowed = allowed & key_tokens
+        token_blocks = token_mask.unflatten(1, (layout.num_blocks, -1))  # [batch, blocks, block_size]
+        key_tokens = token_blocks[:, layout.key_blocks].flatten(-2)  # [batch, heads, rows, keys]
+        allowed = allowed & key_tokens[:, :, :, None, :]
     return additive_mask(allowed, dtype)
 
 
@@ -323,7 +350,7 @@ class FeedForwardMixin:
     def init_feed_forward(self, config: BigBirdPegasusConfig, ffn_dim: int):
         self.dropout = config.dropout
         self.activation_dropout = config.activation_dropout
-        self.activation_fn = ACT2FN[config.activation_function]
+        self.activation_fn = ACT2FN[FUSED_ACTIVATIONS.get(config.activation_function, config.activation_function)]
         self.fc1 = nn.Linear(config.d_model, ffn_dim)
         self.fc2 = nn.Linear(ffn_dim, config.d_model)
         self.final_layer_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
@@ -825,7 +852,7 @@ class BigBirdPegasusForConditionalGeneration(BigBirdPegasusPreTrainedModel, Gene
             decoder_inputs_embeds=decoder_inputs_embeds, use_cache=use_cache, output_attentions=output_attentions,
             output_hidden_states=output_hidden_states, return_dict=True,
         )
-        logits = self.lm_head(outputs.last_hidden_state)
+        logits = vocabulary_logits(self.lm_head, outputs.last_hidden_state)
         logits = logits + self.final_logits_bias.to(logits.device)
         loss = None if labels is None else language_modeling_loss(logits, labels)
         output = Seq2SeqLMOutput(
@@ -848,6 +875,27 @@ def cache_batch_size(cache: Cache):
         if getattr(layer, "keys", None) is not None and layer.keys.numel():
             return layer.keys.shape[0]
     return None
+
+
+# A decoding step multiplies a few rows by the whole output embedding. CPU BLAS runs that far below memory speed
+# (one row takes the GEMV path, 2..8 rows a poor GEMM path), but weight @ rows^T with at least two rows reads the
+# weight once at full speed: 96k x 512 head on the project's CPU, 1 row 31 -> 18 ms, 4 rows 82 -> 19 ms.
+DECODING_ROWS = 8
+
+
+def vocabulary_logits(lm_head: nn.Linear, hidden_states: torch.Tensor) -> torch.Tensor:
+    """lm_head(hidden_states), computed the fast way for the few rows of a CPU decoding step."""
+    weight = lm_head.weight
+    rows = hidden_states.shape[:-1].numel()
+    fast = (rows <= DECODING_ROWS and weight.device.type == "cpu" and hidden_states.device == weight.device
+            and weight.dtype == hidden_states.dtype == torch.float32)
+    if not fast:
+        return lm_head(hidden_states)
+    flat = hidden_states.reshape(rows, -1)
+    logits = (weight @ (flat.repeat(2, 1) if rows == 1 else flat).t()).t()[:rows]
+    if lm_head.bias is not None:
+        logits = logits + lm_head.bias
+    return logits.reshape(*hidden_states.shape[:-1], -1)
 
 
 def language_modeling_loss(logits, labels):
@@ -1033,7 +1081,7 @@ class BigBirdPegasusForCausalLM(BigBirdPegasusPreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds, use_cache=use_cache, output_attentions=output_attentions,
             output_hidden_states=output_hidden_states, return_dict=True,
         )
-        logits = self.lm_head(outputs.last_hidden_state)
+        logits = vocabulary_logits(self.lm_head, outputs.last_hidden_state)
         # As in the built-in model, labels are aligned with the logits (not shifted inside).
         loss = None if labels is None else language_modeling_loss(logits, labels)
         output = CausalLMOutputWithCrossAttentions(

@@ -61,6 +61,26 @@ def test_zero_random_blocks_equals_dense_attention_on_the_pattern():
     assert max_abs_diff(actual, expected) < 1e-5
 
 
+@pytest.mark.parametrize("tile_bytes", [1, 200_000, 3_000_000])  # one row / several rows / several whole inputs
+def test_cpu_tiles_give_the_same_attention_as_one_call(monkeypatch, tile_bytes):
+    sparse, _ = model_pair()
+    layer = sparse.model.encoder.layers[0]
+    hidden = torch.randn(3, 640, 32, generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(3, 640, dtype=torch.long)
+    mask[1, -100:] = 0
+    layout = layer.self_attn.self.layout(640, hidden.device)
+    key = torch.empty(3, 4, 640, 8)
+    monkeypatch.setattr(ours, "CPU_TILE_BYTES", 2**40)
+    assert len(ours.middle_tiles(layout, key)) == 1
+    with torch.no_grad():
+        expected = layer.self_attn(hidden, mask, use_block_sparse=True, output_attentions=True)
+        monkeypatch.setattr(ours, "CPU_TILE_BYTES", tile_bytes)
+        assert len(ours.middle_tiles(layout, key)) > 1
+        actual = layer.self_attn(hidden, mask, use_block_sparse=True, output_attentions=True)
+    for tiled, whole in zip(actual, expected):
+        torch.testing.assert_close(tiled, whole, rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("length", [257, 333, 511])
 def test_any_length_is_padded_internally_and_unpadded(length):
     sparse, _ = model_pair()
@@ -166,3 +186,14 @@ def test_save_and_reload_keeps_weights_and_ties(tmp_path):
         assert torch.equal(a, b), name
     assert again.lm_head.weight.data_ptr() == again.model.shared.weight.data_ptr()
     assert again.model.encoder.embed_tokens.weight.data_ptr() == again.model.shared.weight.data_ptr()
+
+
+@pytest.mark.parametrize("rows", [1, 3, 8, 9])
+@pytest.mark.parametrize("bias", [False, True])
+def test_decoding_logits_equal_the_output_layer(rows, bias):
+    torch.manual_seed(0)
+    head = torch.nn.Linear(32, 1000, bias=bias)
+    hidden = torch.randn(1, rows, 32)
+    actual = ours.vocabulary_logits(head, hidden)
+    assert actual.shape == (1, rows, 1000)
+    torch.testing.assert_close(actual, head(hidden), rtol=1e-5, atol=1e-5)
