@@ -3,7 +3,7 @@
 BigBird splits a sequence into blocks of `block_size` tokens. The first and the last query block are global
 (they attend to every key). Every other query block `q` attends to its window `q-1, q, q+1`, to the two global
 blocks and to `num_random_blocks` random blocks. This file builds that pattern once per (layer, length) as a
-table of key-block indices, so the attention itself is a gather plus one batched matmul.
+table of key-block indices, so the attention itself is a gather plus batched SDPA calls.
 
 The random blocks are exactly those of Google's original TensorFlow code (google-research/bigbird,
 `bigbird/core/attention.py`): each encoder layer `i` seeds numpy's legacy RNG with `i` and draws its blocks with

@@ -147,7 +147,7 @@ class BigBirdPegasusSelfAttention(nn.Module):
 
 def block_sparse_attention(query, key, value, layout: BlockSparseLayout, token_mask=None, need_weights=False):
     """BigBird ITC attention: global first/last query blocks, and for every other query block its window, the
-    two global blocks and its random blocks, all gathered through `layout` and attended in one batched call.
+    two global blocks and its random blocks, gathered through `layout` and attended by batched SDPA calls.
 
     query/key/value: [batch, heads, seq, head_dim]; token_mask: [batch, seq] bool, or None without padding.
     """
