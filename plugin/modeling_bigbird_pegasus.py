@@ -892,7 +892,7 @@ def vocabulary_logits(lm_head: nn.Linear, hidden_states: torch.Tensor) -> torch.
     if not fast:
         return lm_head(hidden_states)
     flat = hidden_states.reshape(rows, -1)
-    logits = (weight @ (flat.repeat(2, 1) if rows == 1 else flat).t()).t()[:rows]
+    logits = (weight @ (flat.repeat(2, 1) if rows == 1 else flat).t()).t()[:rows].contiguous()
     if lm_head.bias is not None:
         logits = logits + lm_head.bias
     return logits.reshape(*hidden_states.shape[:-1], -1)
