@@ -185,13 +185,12 @@ def attend_middle_blocks(query, key, value, layout: BlockSparseLayout, token_mas
     middle_query = query.unflatten(2, (layout.num_blocks, block_size))[:, :, 1:-1]
     bias = middle_block_bias(layout, token_mask, query.dtype)
     context = query.new_empty(batch, heads, rows, block_size, head_dim)
-    probs = query.new_empty(batch, heads, rows, block_size, bias.shape[-1]) if need_weights else None
+    probs = query.new_empty(batch, heads, rows, block_size, layout.keys_per_row) if need_weights else None
     for inputs, tile in middle_tiles(layout, key):
         tile_bias = bias[inputs if len(bias) > 1 else slice(None), :, tile].flatten(0, 1)
-        tile_context, tile_probs = attend(
-            middle_query[inputs, :, tile].flatten(0, 1), gather_key_blocks(key, layout, inputs, tile),
-            gather_key_blocks(value, layout, inputs, tile), tile_bias, need_weights=need_weights,
-        )
+        tile_key, tile_value = gather_key_blocks((key, value), layout, inputs, tile)
+        tile_context, tile_probs = attend(middle_query[inputs, :, tile].flatten(0, 1), tile_key, tile_value,
+                                          tile_bias, need_weights=need_weights)
         context[inputs, :, tile] = tile_context.unflatten(0, (-1, heads))
         if need_weights:
             probs[inputs, :, tile] = tile_probs.unflatten(0, (-1, heads))
@@ -210,7 +209,7 @@ def middle_tiles(layout: BlockSparseLayout, key: torch.Tensor) -> list[tuple[sli
     rows = layout.num_blocks - 2
     if key.device.type != "cpu":
         return [(slice(0, batch), slice(0, rows))]
-    row_bytes = 2 * heads * layout.key_allowed.shape[1] * head_dim * key.element_size()
+    row_bytes = 2 * heads * layout.keys_per_row * head_dim * key.element_size()  # gathered keys and values
     rows_per_tile = max(1, CPU_TILE_BYTES // row_bytes)
     if rows_per_tile >= rows:  # short inputs: whole inputs per tile
         step = rows_per_tile // rows
@@ -219,14 +218,15 @@ def middle_tiles(layout: BlockSparseLayout, key: torch.Tensor) -> list[tuple[sli
             for index in range(batch) for first in range(0, rows, rows_per_tile)]
 
 
-def gather_key_blocks(states: torch.Tensor, layout: BlockSparseLayout, inputs: slice, tile: slice) -> torch.Tensor:
-    """states: [batch, heads, seq, head_dim] (contiguous) -> [tile inputs * heads, tile rows, keys, head_dim]:
-    each row's key blocks laid end to end, by one index_select over the blocks of every (input, head)."""
-    batch, heads, _, head_dim = states.shape
-    blocks = states.view(batch * heads * layout.num_blocks, -1)
-    first_blocks = torch.arange(batch, device=states.device)[inputs] * (heads * layout.num_blocks)
+def gather_key_blocks(states, layout: BlockSparseLayout, inputs: slice, tile: slice) -> list[torch.Tensor]:
+    """Each of `states` [batch, heads, seq, head_dim] (contiguous) -> [tile inputs * heads, tile rows, keys,
+    head_dim]: each row's key blocks laid end to end, by one index_select over the blocks of every (input, head)."""
+    batch, heads, _, head_dim = states[0].shape
+    first_blocks = torch.arange(batch, device=states[0].device)[inputs] * (heads * layout.num_blocks)
     index = first_blocks[:, None, None, None] + layout.head_key_blocks[:, tile]
-    return blocks.index_select(0, index.flatten()).view(-1, index.shape[2], layout.key_allowed.shape[1], head_dim)
+    shape = (-1, index.shape[2], layout.keys_per_row, head_dim)
+    index = index.flatten()
+    return [part.view(batch * heads * layout.num_blocks, -1).index_select(0, index).view(shape) for part in states]
 
 
 def middle_block_bias(layout: BlockSparseLayout, token_mask, dtype) -> torch.Tensor:
@@ -777,6 +777,21 @@ class BigBirdPegasusModel(BigBirdPegasusPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
+def head_output(output_class, loss, outputs: Seq2SeqModelOutput, **fields):
+    """A head's output: its loss and `fields`, plus everything the encoder-decoder returned except its last state."""
+    return output_class(
+        loss=loss,
+        decoder_hidden_states=outputs.decoder_hidden_states,
+        decoder_attentions=outputs.decoder_attentions,
+        cross_attentions=outputs.cross_attentions,
+        encoder_last_hidden_state=outputs.encoder_last_hidden_state,
+        encoder_hidden_states=outputs.encoder_hidden_states,
+        encoder_attentions=outputs.encoder_attentions,
+        **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
+        **fields,
+    )
+
+
 class BigBirdPegasusForConditionalGeneration(BigBirdPegasusPreTrainedModel, GenerationMixin):
     """The encoder-decoder with a language-modeling head tied to the shared embeddings: summarization."""
 
@@ -855,17 +870,7 @@ class BigBirdPegasusForConditionalGeneration(BigBirdPegasusPreTrainedModel, Gene
         logits = vocabulary_logits(self.lm_head, outputs.last_hidden_state)
         logits = logits + self.final_logits_bias.to(logits.device)
         loss = None if labels is None else language_modeling_loss(logits, labels)
-        output = Seq2SeqLMOutput(
-            loss=loss,
-            logits=logits,
-            decoder_hidden_states=outputs.decoder_hidden_states,
-            decoder_attentions=outputs.decoder_attentions,
-            cross_attentions=outputs.cross_attentions,
-            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
-            encoder_hidden_states=outputs.encoder_hidden_states,
-            encoder_attentions=outputs.encoder_attentions,
-            **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
-        )
+        output = head_output(Seq2SeqLMOutput, loss, outputs, logits=logits)
         return output if return_dict else output.to_tuple()
 
 
@@ -949,18 +954,6 @@ class EncoderDecoderHeadMixin:
     def run_model(self, input_ids, decoder_input_ids, kwargs):
         return self.model(input_ids, decoder_input_ids=decoder_input_ids, return_dict=True, **kwargs)
 
-    def head_output(self, output_class, loss, outputs, **fields):
-        return output_class(
-            loss=loss,
-            decoder_hidden_states=outputs.decoder_hidden_states,
-            decoder_attentions=outputs.decoder_attentions,
-            cross_attentions=outputs.cross_attentions,
-            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
-            encoder_hidden_states=outputs.encoder_hidden_states,
-            encoder_attentions=outputs.encoder_attentions,
-            **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
-            **fields,
-        )
 
 
 class BigBirdPegasusForSequenceClassification(EncoderDecoderHeadMixin, BigBirdPegasusPreTrainedModel):
@@ -985,7 +978,7 @@ class BigBirdPegasusForSequenceClassification(EncoderDecoderHeadMixin, BigBirdPe
         sentence = last_eos_states(outputs.last_hidden_state, input_ids, self.config.eos_token_id)
         logits = self.classification_head(sentence)
         loss = None if labels is None else classification_loss(self.config, logits, labels, self.config.num_labels)
-        output = self.head_output(Seq2SeqSequenceClassifierOutput, loss, outputs, logits=logits)
+        output = head_output(Seq2SeqSequenceClassifierOutput, loss, outputs, logits=logits)
         return output if return_dict else output.to_tuple()
 
 
@@ -1011,7 +1004,7 @@ class BigBirdPegasusForQuestionAnswering(EncoderDecoderHeadMixin, BigBirdPegasus
         loss = None
         if start_positions is not None and end_positions is not None:
             loss = span_loss(start_logits, end_logits, start_positions, end_positions)
-        output = self.head_output(Seq2SeqQuestionAnsweringModelOutput, loss, outputs,
+        output = head_output(Seq2SeqQuestionAnsweringModelOutput, loss, outputs,
                                   start_logits=start_logits, end_logits=end_logits)
         return output if return_dict else output.to_tuple()
 

@@ -218,8 +218,13 @@ class BlockSparseLayout:
         return self.key_blocks.shape[1] + 2
 
     @property
+    def keys_per_row(self) -> int:
+        """Key tokens each middle query block sees: (5 + num_random) * block_size."""
+        return self.key_allowed.shape[1]
+
+    @property
     def block_size(self) -> int:
-        return self.key_allowed.shape[1] // self.slot_allowed.shape[1]
+        return self.keys_per_row // self.slot_allowed.shape[1]
 
     def to(self, device) -> "BlockSparseLayout":
         return BlockSparseLayout(*(tensor.to(device) for tensor in
