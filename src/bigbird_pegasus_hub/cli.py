@@ -112,7 +112,7 @@ def build_parser() -> ArgumentParser:
     common = ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true",
                         help="on an error, also print its traceback; show the libraries' warnings")
-    for add_command in (add_summarize, add_convert_tf, add_upgrade, add_build, add_push):
+    for add_command in (add_summarize, add_convert_tf, add_upgrade, add_build, add_push, add_finetune):
         add_command(commands, common)
     return parser
 
@@ -510,6 +510,137 @@ def run_push(args) -> int:
     print("\nLoad exactly this commit, code included:\n")
     print(result.loading_snippet().rstrip())
     print(f"\nor: {PROG} summarize --model {result.repo_id} --revision {result.commit_id} --trust-remote-code FILE")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# finetune
+
+
+FINETUNE_DESCRIPTION = """\
+Fine-tune MODEL (a plugin repo folder, or a Hub repo id) on your documents and their summaries, and write the
+result to OUT_DIR as a complete plugin repo (tokenizer and generation config included) that `summarize --model
+OUT_DIR` and `push` accept. OUT_DIR appears only when training is done.
+
+The corpus: a JSON Lines (.jsonl), CSV (.csv) or Parquet (.parquet) file with a document column and a summary
+column (--text-column, default 'document'; --summary-column, default 'summary'). With --validation, the model
+summarizes the validation documents at every evaluation and reports ROUGE-1, ROUGE-2 and ROUGE-Lsum (rouge_score,
+with stemming, as Google's evaluation).
+
+Training: transformers' Seq2SeqTrainer, gradient checkpointing on (--no-gradient-checkpointing turns it off), --bf16
+mixed precision, --lora for PEFT LoRA on the attention projections (merged into OUT_DIR's weights, or saved alone
+with --save-adapter). Checkpoints go to OUT_DIR-checkpoints (--checkpoint-dir) every --save-steps steps; --resume
+continues from the last one. They are removed once OUT_DIR is written, unless --keep-checkpoints.
+
+Several GPUs: accelerate launch --multi_gpu --num_processes N -m bigbird_pegasus_hub.cli finetune ...
+(--batch-size is per process).
+
+Needs the `train` extra: pip install "bigbird-pegasus-hub[train]"."""
+
+
+def add_finetune(commands, common):
+    from .finetune import DEFAULT_LEARNING_RATE, DEFAULT_LORA_LEARNING_RATE, DEFAULT_SUMMARY_COLUMN, DEFAULT_TEXT_COLUMN
+
+    parser = add_command(
+        commands, "finetune", common, run_finetune,
+        help="fine-tune a model on your documents and summaries",
+        description=FINETUNE_DESCRIPTION,
+        epilog=examples(
+            "finetune hub_repo my-model --train train.jsonl --validation val.jsonl",
+            "finetune ./arxiv-plugin my-model --train papers.parquet --text-column article --summary-column abstract "
+            "--batch-size 2 --gradient-accumulation 8 --bf16",
+            "finetune ./arxiv-plugin my-model --train train.csv --lora --lora-rank 32 --max-steps 2000",
+            "finetune ./arxiv-plugin my-model --train train.jsonl --resume",
+        ),
+    )
+    parser.add_argument("model", metavar="MODEL", help="plugin repo folder or Hub repo id to start from")
+    parser.add_argument("out_dir", metavar="OUT_DIR", help="repo folder to create")
+    data = parser.add_argument_group("data")
+    data.add_argument("--train", dest="train_file", required=True, metavar="FILE",
+                      help="training corpus: .jsonl, .csv or .parquet")
+    data.add_argument("--validation", dest="validation_file", metavar="FILE",
+                      help="validation corpus (same format): loss and ROUGE at every evaluation")
+    data.add_argument("--text-column", default=DEFAULT_TEXT_COLUMN, metavar="NAME",
+                      help=f"column of the documents (default: {DEFAULT_TEXT_COLUMN})")
+    data.add_argument("--summary-column", default=DEFAULT_SUMMARY_COLUMN, metavar="NAME",
+                      help=f"column of the summaries (default: {DEFAULT_SUMMARY_COLUMN})")
+    data.add_argument("--max-source-length", type=positive_int, metavar="TOKENS",
+                      help="longer documents are cut (default: as many tokens as the model reads)")
+    data.add_argument("--max-target-length", type=positive_int, default=256, metavar="TOKENS",
+                      help="longer summaries are cut; also the longest validation summary (default: 256)")
+    model = parser.add_argument_group("model")
+    model.add_argument("--revision", metavar="REV", help="branch, tag or commit of a Hub repo MODEL")
+    model.add_argument("--trust-remote-code", action="store_true",
+                       help="allow a Hub repo's own Python code to run (needed when it ships code)")
+    training = parser.add_argument_group("training")
+    training.add_argument("--learning-rate", type=positive_float, metavar="LR",
+                          help=f"peak learning rate, decaying linearly (default: {DEFAULT_LEARNING_RATE:g}, with "
+                               f"--lora {DEFAULT_LORA_LEARNING_RATE:g})")
+    length = training.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=positive_float, default=3.0, metavar="N",
+                        help="passes over the training corpus (default: 3)")
+    length.add_argument("--max-steps", type=positive_int, metavar="N", help="optimizer steps, instead of --epochs")
+    training.add_argument("--batch-size", type=positive_int, default=1, metavar="N",
+                          help="documents per step and process (default: 1)")
+    training.add_argument("--gradient-accumulation", type=positive_int, default=1, metavar="N",
+                          help="batches per optimizer step (default: 1)")
+    training.add_argument("--no-gradient-checkpointing", dest="gradient_checkpointing", action="store_false",
+                          help="keep activations instead of recomputing them: faster, needs more memory")
+    training.add_argument("--bf16", action="store_true",
+                          help="bfloat16 mixed precision (GPUs since Ampere, recent CPUs)")
+    training.add_argument("--lora", action="store_true",
+                          help="train PEFT LoRA adapters on the attention projections instead of all weights")
+    training.add_argument("--lora-rank", type=positive_int, default=16, metavar="R",
+                          help="rank of the LoRA matrices; alpha is 2 * R (default: 16)")
+    training.add_argument("--save-adapter", action="store_true",
+                          help="with --lora: write only the adapter (and tokenizer) to OUT_DIR, not a merged model")
+    training.add_argument("--seed", type=non_negative_int, default=42, help="random seed (default: 42)")
+    evaluation = parser.add_argument_group("checkpoints and evaluation")
+    evaluation.add_argument("--checkpoint-dir", metavar="DIR",
+                            help="where checkpoints go (default: OUT_DIR-checkpoints)")
+    evaluation.add_argument("--save-steps", type=positive_int, default=500, metavar="N",
+                            help="save a checkpoint every N steps (default: 500)")
+    evaluation.add_argument("--eval-steps", type=positive_int, metavar="N",
+                            help="evaluate every N steps and after the last (default: --save-steps)")
+    evaluation.add_argument("--logging-steps", type=positive_int, default=25, metavar="N",
+                            help="print the training loss every N steps (default: 25)")
+    evaluation.add_argument("--num-beams", type=positive_int, metavar="N",
+                            help="beam width of the validation summaries (default: the model's generation config)")
+    evaluation.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    evaluation.add_argument("--keep-checkpoints", action="store_true", help="keep the checkpoints after success")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace OUT_DIR if it exists (and start over, without --resume)")
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number above 0, got {text}")
+    return value
+
+
+def run_finetune(args) -> int:
+    from dataclasses import fields
+
+    from .finetune import FinetuneOptions, check_options, finetune, last_checkpoint
+
+    options = FinetuneOptions(**{option.name: getattr(args, option.name) for option in fields(FinetuneOptions)})
+    check_options(options)
+    quiet_library_warnings(args.debug)
+    try:
+        result = finetune(options, notify=lambda line: write_line(line, sys.stderr))
+    except KeyboardInterrupt:
+        if last_checkpoint(options.checkpoint_dir) is not None:
+            write_line(f"{PROG} finetune: the checkpoints in {options.checkpoint_dir} stay: run the same command with "
+                       "--resume to continue.", sys.stderr)
+        raise
+    if result.main_process:  # the other processes of a multi-process run write nothing
+        print(result.report())
+        print(f"Saved the LoRA adapter to {options.out_dir}" if options.save_adapter else
+              f"Saved {options.out_dir}\n{next_steps(options.out_dir)}")
     return 0
 
 
