@@ -254,6 +254,7 @@ def finetune(
     notify = notify or (lambda line: print(line, file=sys.stderr))
     check_options(options)
     source = resolve_model(options.model, revision=options.revision, trust_remote_code=options.trust_remote_code)
+    check_source_length(options, source)
     # The corpus' Arrow files (tokenized, they can take GBs) go to a folder of this run beside the checkpoints rather
     # than to the user's datasets cache or a small /tmp; it is removed at the end, whatever happens.
     beside = options.checkpoint_dir.parent if options.checkpoint_dir.parent.is_dir() else None
@@ -438,16 +439,30 @@ def without_weight_loading_bar() -> Iterator[None]:
             transformers_logging.enable_progress_bar()
 
 
+def check_source_length(options: FinetuneOptions, source: ModelSource) -> None:
+    """--max-source-length against the model's positions, read from its config.json before the model loads."""
+    if options.max_source_length is None:
+        return
+    from .summarize import _download_config, _read_json
+
+    config = Path(source.location) / "config.json" if is_local(source) else _download_config(source.location,
+                                                                                             source.revision)
+    check_longest(options, _read_json(config).get("max_position_embeddings"))
+
+
 def source_length(options: FinetuneOptions, model, tokenizer) -> int:
+    """The document length to train on: --max-source-length, or all the model reads (positions and tokenizer)."""
     from .summarize import _max_input_tokens
 
     longest = _max_input_tokens(model.config, tokenizer)
-    if options.max_source_length is None:
-        return longest
-    if options.max_source_length > longest:
+    check_longest(options, longest)
+    return options.max_source_length or longest
+
+
+def check_longest(options: FinetuneOptions, longest: int | None) -> None:
+    if longest and options.max_source_length and options.max_source_length > longest:
         raise FinetuneError(f"--max-source-length {options.max_source_length} is more than the {longest} tokens the "
-                            f"model reads (max_position_embeddings): give at most {longest}.")
-    return options.max_source_length
+                            f"model reads: give at most {longest}.")
 
 
 class CorpusEncoder:
