@@ -10,6 +10,7 @@ import torch
 import transformers
 from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer, pipeline
 
+from bigbird_pegasus_hub.atomic import OutputError
 from bigbird_pegasus_hub.plugin import modeling_bigbird_pegasus as ours
 from bigbird_pegasus_hub.repo import CODE_FILES, RepoError, build_repo, check_repo
 from tiny import random_inputs, tiny_repo
@@ -115,7 +116,7 @@ def test_builder_errors_leave_nothing_behind(built_repo, tokenizer_dir, tmp_path
         build_repo(tmp_path / "a", model=model, tokenizer=None)
     with pytest.raises(RepoError, match="tokenizer_config.json"):
         build_repo(tmp_path / "b", model=model, tokenizer=tmp_path)
-    with pytest.raises(RepoError, match="already exists"):
+    with pytest.raises(OutputError, match="already exists"):
         build_repo(tmp_path, model=model, tokenizer=tokenizer_dir)
     with pytest.raises(RepoError, match="do not fit"):
         build_repo(tmp_path / "c", config=built_repo / "config.json", state_dict={"x": torch.zeros(1)},
