@@ -194,3 +194,26 @@ def test_existing_output_is_refused_before_any_work(tmp_path):
     with pytest.raises(ConversionError, match=r"already exists"):
         upgrade_builtin(tmp_path / "does-not-matter", tmp_path / "plugin")
 
+
+
+@pytest.mark.parametrize("shard", ["../model.safetensors", "/abs/model.safetensors", "sub/model.safetensors", ".."])
+def test_shard_paths_outside_the_source_folder_are_refused(tmp_path, saved_builtin, shard):
+    src = shutil.copytree(saved_builtin, tmp_path / "builtin")
+    (src / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"model.shared.weight": shard}}))
+    with pytest.raises(ConversionError, match=r"lists shard\(s\) outside its folder"):
+        upgrade_builtin(src, tmp_path / "plugin")
+    assert not (tmp_path / "plugin").exists()
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [(torch.zeros(3), r"holds a Tensor, not a state dict"),
+     ({"model.shared.weight": torch.zeros(3), "step": 7}, r"is not a state dict of tensors: 'step' \(int\)")],
+)
+def test_a_bin_that_is_not_a_state_dict_of_tensors_is_refused(tmp_path, saved_builtin, content, message):
+    src = shutil.copytree(saved_builtin, tmp_path / "builtin")
+    (src / "model.safetensors").unlink()
+    torch.save(content, src / "pytorch_model.bin")
+    with pytest.raises(ConversionError, match=message):
+        upgrade_builtin(src, tmp_path / "plugin")
+    assert not (tmp_path / "plugin").exists()
