@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -411,3 +412,33 @@ def test_bad_input_is_one_clear_line_and_writes_nothing(name, results):
     for fragment in CASES[name].culprit:
         assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
     assert after == before, "the command wrote into its folder"
+
+
+CHEAP_CASES_IN_ONE_PROCESS = """
+import contextlib, io, json, sys
+from bigbird_pegasus_hub.cli import main
+heavy = []
+for args in json.loads(sys.argv[1]):
+    with contextlib.redirect_stderr(io.StringIO()):
+        try:
+            main(args)
+        except SystemExit:
+            pass  # argparse's usage errors
+    heavy += [[args, name] for name in ("torch", "transformers", "huggingface_hub") if name in sys.modules]
+print(json.dumps(heavy))
+"""
+
+
+def test_cheap_mistakes_are_found_before_torch_and_transformers_are_imported(inputs, tmp_path):
+    """Every case but the `loaded` ones fails before the heavy imports, so the user hears of it at once."""
+    cases = {name: case for name, case in CASES.items() if "-loaded-" not in name}
+    commands = []
+    for name, case in cases.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        prepare(folder, case.prepare)
+        commands.append([arg.format(i=inputs, o=folder) for arg in case.args])
+    result = subprocess.run([sys.executable, "-c", CHEAP_CASES_IN_ONE_PROCESS, json.dumps(commands)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == []

@@ -125,43 +125,38 @@ def check_output_path(out: str | os.PathLike, *, overwrite: bool = False, folder
     return out
 
 
-@contextlib.contextmanager
-def atomic_output_folder(out_dir: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
-    """Yields an empty staging folder; when the block ends without an error, it becomes `out_dir`.
+def atomic_output_folder(out_dir: str | os.PathLike, *, overwrite: bool = False):
+    """A context manager that yields an empty staging folder; when the block ends without an error, the staging
+    folder becomes `out_dir`.
 
     Without `overwrite`, an existing `out_dir`, or another writer of it at work, is an `OutputError`; with it, the
     old folder is replaced (after waiting for another writer to finish). See the module docstring for the rest.
     """
-    out_dir = check_output_path(out_dir, overwrite=overwrite)
-    with exit_on_termination():
-        _make_parents(out_dir)
-        with _writer_lock(out_dir, wait=overwrite):
-            _clean_up_after_dead_writers(out_dir)
-            check_output_path(out_dir, overwrite=overwrite)  # again, now that no one else writes it
-            staging = _new_sibling(out_dir, STAGING_SUFFIX, make_folder=True)
-            try:
-                yield staging
-                _normalise_modes(staging)
-                _put_in_place(staging, out_dir)
-            finally:
-                _remove(staging)
+    return _atomic_output(Path(out_dir), overwrite=overwrite, folder=True)
+
+
+def atomic_output_file(path: str | os.PathLike, *, overwrite: bool = False):
+    """A context manager that yields a temporary path beside `path` to write one file to; when the block ends without
+    an error, the file replaces `path` in one atomic rename. Same locking, clean-up and signals as folders."""
+    return _atomic_output(Path(path), overwrite=overwrite, folder=False)
 
 
 @contextlib.contextmanager
-def atomic_output_file(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
-    """Yields a temporary path beside `path` to write one file to; when the block ends without an error, the file
-    replaces `path` in one atomic rename (nothing is left on failure). Same locking and signals as folders."""
-    path = check_output_path(path, overwrite=overwrite, folder=False)
+def _atomic_output(out: Path, *, overwrite: bool, folder: bool) -> Iterator[Path]:
+    check_output_path(out, overwrite=overwrite, folder=folder)
     with exit_on_termination():
-        _make_parents(path)
-        with _writer_lock(path, wait=overwrite):
-            _clean_up_after_dead_writers(path)
-            check_output_path(path, overwrite=overwrite, folder=False)
-            staging = _new_sibling(path, STAGING_SUFFIX, make_folder=False)
+        _make_parents(out)
+        with _writer_lock(out, wait=overwrite):
+            _clean_up_after_dead_writers(out)
+            check_output_path(out, overwrite=overwrite, folder=folder)  # again, now that no one else writes it
+            staging = _new_sibling(out, STAGING_SUFFIX, make_folder=folder)
             try:
                 yield staging
                 _normalise_modes(staging)
-                os.replace(staging, path)
+                if folder:
+                    _put_in_place(staging, out)
+                else:
+                    os.replace(staging, out)
             finally:
                 _remove(staging)
 

@@ -48,9 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except Terminated as signal:
-        print(f"{PROG}: stopped by {signal.signal_name}", file=sys.stderr)
-        return signal.code
+    except Terminated as stopped:
+        print(f"{PROG}: stopped by {stopped.signal_name}", file=sys.stderr)
+        return stopped.code
     except BrokenPipeError:
         # The reader of stdout went away (`| head`): stop quietly, and keep Python from complaining at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

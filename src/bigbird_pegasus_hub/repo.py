@@ -230,7 +230,10 @@ def is_builtin_tokenizer_class(name) -> bool:
 
     if not isinstance(name, str) or not name.isidentifier():
         return False
-    candidate = getattr(transformers, name, None)
+    try:
+        candidate = getattr(transformers, name, None)
+    except Exception:  # a lazily imported module that fails to import
+        return False
     return isinstance(candidate, type) and issubclass(candidate, transformers.PreTrainedTokenizerBase)
 
 
@@ -242,6 +245,8 @@ def check_tokenizer_fits(tokenizer: str | os.PathLike, vocab_size: int) -> int:
 
     with tempfile.TemporaryDirectory(prefix="tokenizer-") as folder:
         write_tokenizer(tokenizer, Path(folder))
+        # As in the repo: a tokenizer config without tokenizer_class gets the class of the model type.
+        (Path(folder) / CONFIG_FILE).write_text(json.dumps({"model_type": BigBirdPegasusConfig.model_type}))
         try:
             size = len(AutoTokenizer.from_pretrained(folder, trust_remote_code=False))
         except Exception as error:  # tokenizers and sentencepiece raise bare Exceptions for damaged files
