@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import repo_files
+from .atomic import Terminated, check_output_path, exit_on_termination
 from .summarize import DEFAULT_MODEL_DIR, DEVICES, DTYPES
 
 PROG = "bigbird-pegasus"
@@ -41,10 +43,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_ERROR
     try:
-        return args.run(args)
+        with exit_on_termination():  # SIGTERM and SIGHUP unwind like Ctrl-C: temporary output is removed
+            return args.run(args)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Terminated as stopped:
+        print(f"{PROG}: stopped by {stopped.signal_name}", file=sys.stderr)
+        return stopped.code
     except BrokenPipeError:
         # The reader of stdout went away (`| head`): stop quietly, and keep Python from complaining at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -137,21 +143,26 @@ def package_version() -> str:
         return "(not installed)"
 
 
-def positive_int(text: str) -> int:
-    value = non_negative_int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return value
+def int_at_least(minimum: int, why: str = ""):
+    """An argparse type: a whole number >= `minimum` (`why` explains the minimum in the error)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}{why}, got {text}")
+        return value
+
+    parse.__name__ = f"whole number >= {minimum}"  # argparse names the type in some messages
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
-    return value
+positive_int = int_at_least(1)
+non_negative_int = int_at_least(0)
+# The decoder's start token counts towards a summary's max_length: 2 is one generated token.
+summary_length = int_at_least(2, " (the decoder's start token counts, so 2 allows one generated token)")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -203,7 +214,7 @@ def add_summarize(commands, common):
     generation = parser.add_argument_group("generation")
     generation.add_argument("--num-beams", type=positive_int, metavar="N",
                             help="beam search width (default: the model's generation config)")
-    generation.add_argument("--max-length", type=positive_int, metavar="TOKENS",
+    generation.add_argument("--max-length", type=summary_length, metavar="TOKENS",
                             help="longest summary in tokens (default: the model's generation config)")
     generation.add_argument("--batch-size", type=positive_int, default=1, metavar="N",
                             help="documents (with --chunk: windows) per generate call (default: 1)")
@@ -228,6 +239,8 @@ class Document:
 
 
 def run_summarize(args) -> int:
+    if args.chunk_overlap is not None and not args.chunk:
+        raise CommandError("--chunk-overlap only applies with --chunk: add --chunk, or drop --chunk-overlap.")
     documents = read_documents(args.files)
     quiet_library_warnings(args.debug)
     from .summarize import load_summarizer, resolve_model
@@ -245,6 +258,9 @@ def run_summarize(args) -> int:
         for document, summary in zip(documents, summaries):
             if summary.truncated:
                 write_line(truncation_warning(document, summary, summarizer.max_input_tokens), sys.stderr)
+            if not summary.text:
+                write_line(f"warning: {document.label}: the model generated an empty summary; its weights may be "
+                           "damaged (NaN) or untrained.", sys.stderr)
             write_line(format_summary(document, summary, args.format, several), sys.stdout)
             bar.update()
     return 0
@@ -387,7 +403,14 @@ def key_value(text: str) -> tuple[str, object]:
 def run_convert_tf(args) -> int:
     require_new_folder(args.out_dir, args.overwrite)
     require_exists(args.params, "--params file")
-    require_exists(args.spm_model, "--spm-model")
+    require_checkpoint(args.checkpoint)
+    if args.spm_model is None:
+        raise CommandError("--spm-model is missing: a repo needs the checkpoint's tokenizer, e.g. the original "
+                           "bigbird/vocab/pegasus.model, or a folder with Pegasus tokenizer files.")
+    repo_files.check_tokenizer_source(args.spm_model)
+    from .conversion.params import checked_params  # no torch: the hyperparameters are checked at once
+
+    checked_params(args.params, preset=PRESETS.get(args.preset), overrides=dict(args.overrides))
     from .conversion.tf_to_plugin import convert_tf_checkpoint
 
     out_dir = convert_tf_checkpoint(
@@ -419,6 +442,10 @@ def add_upgrade(commands, common):
 
 def run_upgrade(args) -> int:
     require_new_folder(args.out_dir, args.overwrite)
+    if Path(args.src).is_dir():
+        if args.revision is not None:
+            raise CommandError(f"{args.src} is a local folder: --revision only applies to Hub repo ids. Drop it.")
+        repo_files.check_builtin_folder(args.src)
     from .conversion.upgrade import upgrade_builtin
 
     out_dir = upgrade_builtin(args.src, args.out_dir, revision=args.revision, overwrite=args.overwrite)
@@ -455,18 +482,18 @@ def run_build(args) -> int:
     require_exists(args.config, "--config")
     require_exists(args.weights, "--weights")
     require_exists(args.tokenizer, "--tokenizer")
+    if Path(args.config).is_dir():
+        raise CommandError(f"--config {args.config} is a folder: give its config.json file.")
+    repo_files.read_model_config(args.config, "--config")
     if Path(args.weights).suffix != ".safetensors":
         raise CommandError(f"--weights {args.weights} is not a .safetensors file: save the weights with "
                            "safetensors (model.save_pretrained does by default).")
-    from safetensors import SafetensorError
-
+    repo_files.check_safetensors_file(args.weights)
+    repo_files.check_tokenizer_source(args.tokenizer)
     from .repo import build_repo
 
-    try:
-        out_dir = build_repo(args.out_dir, config=args.config, state_dict=args.weights, tokenizer=args.tokenizer,
-                             description=args.description, overwrite=args.overwrite)
-    except SafetensorError as error:
-        raise CommandError(f"Cannot read the weights {args.weights} ({error}): is the file complete?") from error
+    out_dir = build_repo(args.out_dir, config=args.config, state_dict=args.weights, tokenizer=args.tokenizer,
+                         description=args.description, overwrite=args.overwrite)
     print(f"Built {out_dir}")
     print(next_steps(out_dir))
     return 0
@@ -495,6 +522,7 @@ def add_push(commands, common):
 
 def run_push(args) -> int:
     require_exists(args.folder, "FOLDER")
+    repo_files.check_repo(args.folder)  # complete, and referencing only its own code: before any upload
     from .hub import PushError, push_repo
 
     try:
@@ -653,6 +681,14 @@ def require_new_folder(out_dir: str, overwrite: bool) -> None:
     """Refuses before the long work what the repo builders would refuse after it."""
     if Path(out_dir).exists() and not overwrite:
         raise CommandError(f"{out_dir} already exists: choose another folder, or pass --overwrite to replace it.")
+    check_output_path(out_dir, overwrite=overwrite)  # a parent that is a file; a file where the folder would go
+
+
+def require_checkpoint(prefix: str) -> None:
+    path = Path(prefix)
+    if not (path.exists() or path.with_name(f"{path.name}.index").is_file()):
+        raise CommandError(f"No checkpoint at {prefix}: neither {prefix}.index nor a folder of that name exists. "
+                           "Pass a checkpoint prefix such as dir/model.ckpt-300000, or its folder.")
 
 
 def next_steps(out_dir) -> str:

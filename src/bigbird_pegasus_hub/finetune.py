@@ -728,15 +728,15 @@ def plugin_model(model):
 def save_adapter(model, options: FinetuneOptions, source: ModelSource, tokenizer: Path) -> None:
     """The LoRA adapter (adapter_config.json, adapter_model.safetensors) and the tokenizer, written atomically.
     The adapter names its base model: the folder (as an absolute path) or the Hub repo at the trained commit."""
-    from .repo import replace_folder, staging_folder, write_tokenizer
+    from .atomic import atomic_output_folder
+    from .repo import write_tokenizer
 
     config = model.peft_config["default"]
     config.base_model_name_or_path = str(Path(source.location).resolve()) if is_local(source) else source.location
     config.revision = source.revision
-    with staging_folder(options.out_dir) as staging:
+    with atomic_output_folder(options.out_dir, overwrite=options.overwrite) as staging:
         model.save_pretrained(staging)
         write_tokenizer(tokenizer, staging)
-        replace_folder(staging, options.out_dir)
 
 
 def model_card_text(options: FinetuneOptions, result: FinetuneResult) -> str:
