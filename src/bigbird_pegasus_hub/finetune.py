@@ -34,6 +34,7 @@ import signal
 import sys
 import tempfile
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -519,8 +520,6 @@ def lora_config(rank: int, dropout: float = LORA_DROPOUT):
 
 
 def with_lora(model, rank: int, dropout: float = LORA_DROPOUT):
-    import warnings
-
     from peft import get_peft_model
 
     with warnings.catch_warnings():
@@ -657,7 +656,11 @@ def train(trainer, options: FinetuneOptions, result: FinetuneResult) -> None:
     if result.main_process and options.overwrite and not options.resume:
         remove_checkpoints(options.checkpoint_dir)  # an earlier run's; we start over
     trainer.accelerator.wait_for_everyone()
-    trainer.train(resume_from_checkpoint=None if result.resumed_from is None else str(result.resumed_from))
+    with warnings.catch_warnings():
+        # transformers 4.57 orders checkpoints saved within one second by number, correctly, and warns that
+        # the file system's mtime "may not be reliable": a fast run's noise, not the user's to fix.
+        warnings.filterwarnings("ignore", message="mtime may not be reliable", category=UserWarning)
+        trainer.train(resume_from_checkpoint=None if result.resumed_from is None else str(result.resumed_from))
     if result.validation_documents and last_logged(trainer, "eval_loss")[0] != trainer.state.global_step:
         trainer.evaluate()  # transformers 4.x evaluates after the last step only where it falls on --eval-steps
     result.steps = trainer.state.global_step
