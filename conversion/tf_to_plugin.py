@@ -33,7 +33,7 @@ from bigbird_pegasus_hub.plugin.configuration_bigbird_pegasus import BigBirdPega
 from bigbird_pegasus_hub.plugin.modeling_bigbird_pegasus import BigBirdPegasusForConditionalGeneration
 from bigbird_pegasus_hub.repo import build_repo
 
-from .presets import PRESETS
+from .presets import PRESET_NAMES, PRESETS
 from .tf_checkpoint import TFCheckpoint
 
 __all__ = [
@@ -118,9 +118,11 @@ def resolve_params(params=None, *, preset: str | None = None, overrides: Mapping
 
 
 def _preset(name: str) -> dict:
+    """A preset by its short name (`arxiv`, as `--preset` takes it) or model name (`[google/]bigbird-pegasus-...`)."""
     key = name.removeprefix("google/")
+    key = PRESET_NAMES.get(key, key)
     if key not in PRESETS:
-        raise ConversionError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        raise ConversionError(f"unknown preset {name!r}; choose one of {', '.join(PRESET_NAMES)}")
     return dict(PRESETS[key])
 
 
@@ -136,6 +138,13 @@ def _load_params(params) -> dict:
         raise ConversionError(f"the params file {path} is not valid JSON ({error})") from None
     if not isinstance(loaded, dict):
         raise ConversionError(f"the params file {path} must hold a JSON object of hyperparameters")
+    if not _KNOWN_PARAMS & loaded.keys():
+        nested = [key for key, value in loaded.items() if isinstance(value, dict) and _KNOWN_PARAMS & value.keys()]
+        where = f"; they are under {nested[0]!r}: pass that object by itself" if nested else ""
+        raise ConversionError(
+            f"the params file {path} has none of the original hyperparameters at its top level (such as "
+            f"hidden_size, num_hidden_layers){where}"
+        )
     return loaded
 
 
@@ -160,7 +169,7 @@ def _check_params(values: Mapping) -> None:
     if missing:
         raise ConversionError(
             f"the hyperparameters lack {', '.join(missing)}: pass the params JSON of the original run "
-            f"(params= / --params), a preset ({', '.join(PRESETS)}) or overrides"
+            f"(params= / --params), a preset ({', '.join(PRESET_NAMES)}) or overrides"
         )
     problems = [
         f"{name}={values[name]!r} is not supported, only {name}={supported!r} (Pegasus layout)"
@@ -326,11 +335,14 @@ def _check_scope(shapes: Mapping[str, tuple[int, ...]], scope: str) -> None:
 
 
 def _check_hyperparameters(shapes: Mapping[str, tuple[int, ...]], config: BigBirdPegasusConfig, scope: str) -> None:
+    # One line per contradicted hyperparameter, with all its evidence (encoder and decoder often both tell).
+    evidence_of: dict[tuple[str, object, object], list[str]] = {}
+    for param, field, value, evidence in _facts_from_shapes(shapes, scope):
+        if getattr(config, field) != value:
+            evidence_of.setdefault((param, getattr(config, field), value), []).append(evidence)
     contradictions = [
-        f"{param} is {getattr(config, field)!r} in the given hyperparameters but {value!r} in the checkpoint "
-        f"({evidence})"
-        for param, field, value, evidence in _facts_from_shapes(shapes, scope)
-        if getattr(config, field) != value
+        f"{param} is {given!r} in the given hyperparameters but {value!r} in the checkpoint ({'; '.join(evidence)})"
+        for (param, given, value), evidence in evidence_of.items()
     ]
     if contradictions:
         raise ConversionError(

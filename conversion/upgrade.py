@@ -47,7 +47,12 @@ _MODEL_CONFIG_KEYS = frozenset({
 
 
 def upgrade_builtin(
-    src: str | os.PathLike, out_dir: str | os.PathLike, *, revision: str | None = None, overwrite: bool = False
+    src: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    revision: str | None = None,
+    tokenizer: str | os.PathLike | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write a plugin repo for a built-in bigbird_pegasus checkpoint and return its path.
 
@@ -55,6 +60,8 @@ def upgrade_builtin(
         src: a local folder, or a Hub repo id (downloaded with ``snapshot_download``).
         out_dir: the repo folder to create.
         revision: branch, tag or commit of a Hub repo.
+        tokenizer: a Pegasus tokenizer folder or sentencepiece `.model` file, for a source without tokenizer files
+            (default: the source's own tokenizer).
         overwrite: replace an existing ``out_dir``.
 
     Raises:
@@ -62,9 +69,11 @@ def upgrade_builtin(
     """
     if Path(out_dir).exists() and not overwrite:
         raise ConversionError(f"{out_dir} already exists: choose another folder or pass overwrite=True (--overwrite)")
+    if tokenizer is not None and not Path(tokenizer).exists():
+        raise ConversionError(f"the tokenizer {tokenizer} does not exist")
     folder = _source_folder(src, revision)
     raw_config = _read_builtin_config(folder)
-    tokenizer = _tokenizer_folder(folder)
+    tokenizer = tokenizer if tokenizer is not None else _tokenizer_folder(folder)
     config = BigBirdPegasusConfig.from_dict(_without_generation_settings(raw_config))
     expected = expected_state_dict_shapes(config)
     state_dict = _completed(load_builtin_weights(folder), expected)
@@ -133,7 +142,9 @@ def _generation_config(folder: Path, raw_config: dict) -> GenerationConfig:
 
 def _tokenizer_folder(folder: Path) -> Path:
     if not (folder / TOKENIZER_CONFIG_FILE).is_file():
-        raise ConversionError(f"{folder} has no tokenizer ({TOKENIZER_CONFIG_FILE}); a plugin repo needs one")
+        raise ConversionError(f"{folder} has no tokenizer ({TOKENIZER_CONFIG_FILE}), and a plugin repo needs one: "
+                              "pass the model's tokenizer with tokenizer= (--tokenizer), a Pegasus tokenizer folder "
+                              "or a sentencepiece .model file")
     return folder
 
 
