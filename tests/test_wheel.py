@@ -5,7 +5,7 @@ the dependencies (torch, transformers, ...) come from this environment through a
 seconds instead of a full install. Only the package itself comes from the wheel.
 """
 
-import importlib.util
+import importlib.metadata
 import os
 import shutil
 import subprocess
@@ -22,6 +22,13 @@ EXAMPLE = ROOT / "src" / "bigbird_pegasus_hub" / "data" / "example_document.txt"
 NOT_COPIED = shutil.ignore_patterns(".git", ".venv*", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache")
 
 
+def setuptools_major() -> int:
+    try:
+        return int(importlib.metadata.version("setuptools").split(".")[0])
+    except importlib.metadata.PackageNotFoundError:
+        return 0
+
+
 def run(*command, **kwargs) -> subprocess.CompletedProcess:
     result = subprocess.run([str(part) for part in command], capture_output=True, text=True, timeout=300, **kwargs)
     assert result.returncode == 0, f"{command} failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
@@ -33,8 +40,8 @@ def installed(tmp_path_factory) -> Path:
     """A fresh venv with the package installed from a wheel; returns its bin folder."""
     work = tmp_path_factory.mktemp("wheel")
     source = shutil.copytree(ROOT, work / "source", ignore=NOT_COPIED)
-    # Without build isolation where setuptools is already here: an isolated build would download it.
-    isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
+    # Without build isolation where a recent enough setuptools is already here: an isolated build downloads one.
+    isolation = ["--no-build-isolation"] if setuptools_major() >= 68 else []
     run(sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-q", "-w", work / "dist", source)
     (wheel,) = (work / "dist").glob("bigbird_pegasus_hub-*.whl")
     venv = work / "venv"
