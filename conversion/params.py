@@ -10,7 +10,7 @@ import numbers
 from collections.abc import Mapping
 from pathlib import Path
 
-from .presets import PRESETS
+from .presets import PRESET_NAMES, PRESETS
 
 __all__ = ["ConversionError", "checked_params", "resolve_params"]
 
@@ -77,9 +77,11 @@ def resolve_params(params=None, *, preset: str | None = None, overrides: Mapping
 
 
 def _preset(name: str) -> dict:
+    """A preset by its short name (`arxiv`, as `--preset` takes it) or model name (`[google/]bigbird-pegasus-...`)."""
     key = name.removeprefix("google/")
+    key = PRESET_NAMES.get(key, key)
     if key not in PRESETS:
-        raise ConversionError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        raise ConversionError(f"unknown preset {name!r}; choose one of {', '.join(PRESET_NAMES)}")
     return dict(PRESETS[key])
 
 
@@ -95,6 +97,13 @@ def _load_params(params) -> dict:
         raise ConversionError(f"the params file {path} is not valid JSON ({error})") from None
     if not isinstance(loaded, dict):
         raise ConversionError(f"the params file {path} must hold a JSON object of hyperparameters")
+    if not _KNOWN_PARAMS & loaded.keys():
+        nested = [key for key, value in loaded.items() if isinstance(value, dict) and _KNOWN_PARAMS & value.keys()]
+        where = f"; they are under {nested[0]!r}: pass that object by itself" if nested else ""
+        raise ConversionError(
+            f"the params file {path} has none of the original hyperparameters at its top level (such as "
+            f"hidden_size, num_hidden_layers){where}"
+        )
     return loaded
 
 
@@ -146,7 +155,7 @@ def _check_params(values: Mapping) -> None:
     if missing:
         raise ConversionError(
             f"the hyperparameters lack {', '.join(missing)}: pass the params JSON of the original run "
-            f"(params= / --params), a preset ({', '.join(PRESETS)}) or overrides"
+            f"(params= / --params), a preset ({', '.join(PRESET_NAMES)}) or overrides"
         )
     wrong_types = [
         f"{name}={values[name]!r} must be {_KINDS[kind][1]}"

@@ -227,11 +227,14 @@ def _check_scope(shapes: Mapping[str, tuple[int, ...]], scope: str) -> None:
 
 
 def _check_hyperparameters(shapes: Mapping[str, tuple[int, ...]], config: BigBirdPegasusConfig, scope: str) -> None:
+    # One line per contradicted hyperparameter, with all its evidence (encoder and decoder often both tell).
+    evidence_of: dict[tuple[str, object, object], list[str]] = {}
+    for param, field, value, evidence in _facts_from_shapes(shapes, scope):
+        if getattr(config, field) != value:
+            evidence_of.setdefault((param, getattr(config, field), value), []).append(evidence)
     contradictions = [
-        f"{param} is {getattr(config, field)!r} in the given hyperparameters but {value!r} in the checkpoint "
-        f"({evidence})"
-        for param, field, value, evidence in _facts_from_shapes(shapes, scope)
-        if getattr(config, field) != value
+        f"{param} is {given!r} in the given hyperparameters but {value!r} in the checkpoint ({'; '.join(evidence)})"
+        for (param, given, value), evidence in evidence_of.items()
     ]
     if contradictions:
         raise ConversionError(

@@ -55,7 +55,12 @@ _MODEL_CONFIG_KEYS = frozenset({
 
 
 def upgrade_builtin(
-    src: str | os.PathLike, out_dir: str | os.PathLike, *, revision: str | None = None, overwrite: bool = False
+    src: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    revision: str | None = None,
+    tokenizer: str | os.PathLike | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write a plugin repo for a built-in bigbird_pegasus checkpoint and return its path.
 
@@ -63,6 +68,8 @@ def upgrade_builtin(
         src: a local folder, or a Hub repo id (downloaded with ``snapshot_download``).
         out_dir: the repo folder to create.
         revision: branch, tag or commit of a Hub repo.
+        tokenizer: a Pegasus tokenizer folder or sentencepiece `.model` file, for a source without tokenizer files
+            (default: the source's own tokenizer).
         overwrite: replace an existing ``out_dir``.
 
     Raises:
@@ -71,26 +78,29 @@ def upgrade_builtin(
     """
     if Path(out_dir).exists() and not overwrite:
         raise ConversionError(f"{out_dir} already exists: choose another folder or pass overwrite=True (--overwrite)")
+    if tokenizer is not None and not Path(tokenizer).exists():
+        raise ConversionError(f"the tokenizer {tokenizer} does not exist")
     folder = _source_folder(src, revision)
     try:
-        return _upgrade_folder(folder, src, out_dir, overwrite)
+        return _upgrade_folder(folder, src, out_dir, tokenizer, overwrite)
     except RepoError as error:
         raise ConversionError(str(error)) from None
 
 
-def _upgrade_folder(folder: Path, src, out_dir, overwrite: bool) -> Path:
-    check_builtin_folder(folder)
+def _upgrade_folder(folder: Path, src, out_dir, tokenizer, overwrite: bool) -> Path:
+    check_builtin_folder(folder, tokenizer_given=tokenizer is not None)
+    tokenizer = folder if tokenizer is None else tokenizer
     raw_config = _read_builtin_config(folder)
     try:
         config = BigBirdPegasusConfig.from_dict(_without_generation_settings(raw_config))
     except (ValueError, TypeError) as error:
         raise ConversionError(f"{folder / CONFIG_FILE} is not a valid BigBirdPegasus config: {error}") from None
-    check_tokenizer_fits(folder, config.vocab_size)  # before the weights, which take long to read
+    check_tokenizer_fits(tokenizer, config.vocab_size)  # before the weights, which take long to read
     expected = expected_state_dict_shapes(config)
     state_dict = _completed(load_builtin_weights(folder), expected)
     _check_weights(state_dict, expected)
     return build_repo(
-        out_dir, config=config, state_dict=state_dict, tokenizer=folder,
+        out_dir, config=config, state_dict=state_dict, tokenizer=tokenizer,
         generation_config=_generation_config(folder, raw_config),
         description=f"Upgraded from the transformers built-in bigbird_pegasus checkpoint `{src}`.", overwrite=overwrite,
     )

@@ -201,6 +201,11 @@ class BigBirdPegasusSummarizationPipeline(Pipeline):
             if name in already_set or (name == "max_new_tokens" and "max_length" in already_set):
                 continue
             generate_kwargs[name] = value
+        # A length limit of the call replaces the model's other one: `generate()` would warn that both are set, and
+        # a `max_new_tokens` of the model would win over the caller's `max_length`.
+        for chosen, other in (("max_new_tokens", "max_length"), ("max_length", "max_new_tokens")):
+            if call_kwargs.get(chosen) is not None and other not in call_kwargs and other in model_settings:
+                generate_kwargs[other] = None
         # Batches are padded with the tokenizer's pad token: tell `generate()` if the model does not know it.
         if "pad_token_id" not in already_set and self.tokenizer.pad_token_id is not None:
             generate_kwargs["pad_token_id"] = self.tokenizer.pad_token_id

@@ -140,7 +140,7 @@ CASES = {
     "convert-tf-params-not-an-object": Case(with_option(CONVERT, "--params", "{i}/list.json"),
                                             ("params file", "list.json must hold a JSON object")),
     "convert-tf-no-hyperparameters": Case(without_option(CONVERT, "--params"), ("the hyperparameters lack", "--params")),
-    "convert-tf-no-tokenizer": Case(without_option(CONVERT, "--spm-model"), ("--spm-model is missing",)),
+    "convert-tf-no-tokenizer": Case(without_option(CONVERT, "--spm-model"), ("the following arguments are required: --spm-model",)),
     "convert-tf-tokenizer-missing": Case(with_option(CONVERT, "--spm-model", "{o}/nope.model"),
                                          ("nope.model does not exist",)),
     "convert-tf-tokenizer-not-a-model-file": Case(with_option(CONVERT, "--spm-model", "{i}/text.txt"),

@@ -394,13 +394,30 @@ def test_hyperparameters_that_contradict_the_shapes_are_named_with_both_values(t
         "hidden_size is 128 in the given hyperparameters but 64 in the checkpoint",
         "max_position_embeddings is 2048 in the given hyperparameters but 1024",
         "intermediate_size is 256 in the given hyperparameters but 128 in the checkpoint "
-        "(pegasus/decoder/layer_0/intermediate/dense/kernel has shape [64, 128])",
+        "(pegasus/encoder/layer_0/intermediate/dense/kernel has shape [64, 128]; "
+        "pegasus/decoder/layer_0/intermediate/dense/kernel has shape [64, 128])",
         "num_hidden_layers is 3 in the given hyperparameters but 2 in the checkpoint "
-        "(it has encoder layers up to layer_1)",
+        "(it has encoder layers up to layer_1; it has decoder layers up to layer_1)",
         "use_bias is True in the given hyperparameters but False in the checkpoint (it has no attention biases)",
     ):
         assert line in message
+    # One line per hyperparameter, however many variables tell.
+    for name in ("vocab_size", "hidden_size", "max_position_embeddings", "intermediate_size", "num_hidden_layers"):
+        assert message.count(f"- {name} is") == 1, message
     assert not out.exists()
+
+
+def test_params_nested_in_a_wrapper_object_are_pointed_out(tmp_path):
+    params_file = tmp_path / "params.json"
+    params_file.write_text(json.dumps({"base_params": REFERENCE["base_params"], "variants": {}}))
+    with pytest.raises(ConversionError, match=r"none of the original hyperparameters at its top level .*"
+                                              r"under 'base_params': pass that object by itself"):
+        config_from_params(params_file)
+
+
+def test_presets_are_known_by_their_short_names():
+    by_model_name = config_from_params(preset="google/bigbird-pegasus-large-arxiv")
+    assert config_from_params(preset="arxiv").to_dict() == by_model_name.to_dict()
 
 
 def test_bias_checkpoint_converted_without_use_bias_is_a_contradiction(tmp_path):

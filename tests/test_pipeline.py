@@ -178,6 +178,18 @@ def test_model_generation_config_overrides_pipeline_defaults(summarizer, generat
     assert "max_new_tokens" not in generate_calls[0] and "num_beams" not in generate_calls[0]
 
 
+@pytest.mark.parametrize(
+    ("chosen", "model_setting"), [("max_new_tokens", "max_length"), ("max_length", "max_new_tokens")]
+)
+def test_a_length_limit_of_the_call_replaces_the_models_other_one(
+    summarizer, generate_calls, monkeypatch, chosen, model_setting
+):
+    # Left in place, generate() would warn that both are set, and a model's max_new_tokens would win.
+    monkeypatch.setattr(summarizer.model.generation_config, model_setting, 40)
+    summarizer(DOCUMENTS[0], **{chosen: 5})
+    assert generate_calls[0][chosen] == 5 and generate_calls[0][model_setting] is None
+
+
 def test_generation_kwargs_given_at_construction_apply_to_every_call(model_dir):
     summarizer = pipeline("summarization", model=str(model_dir), trust_remote_code=True, max_new_tokens=3)
     result = summarizer(DOCUMENTS[0], min_new_tokens=3, num_beams=1, return_tensors=True)

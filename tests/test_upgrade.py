@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from huggingface_hub import HfApi
-from transformers import AutoModelForSeq2SeqLM
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from bigbird_pegasus_hub.conversion.tf_to_plugin import ConversionError
 from bigbird_pegasus_hub.conversion.upgrade import load_builtin_weights, upgrade_builtin
@@ -143,7 +145,8 @@ BROKEN_SOURCES = {
                                                 r"model.decoder.layers.2.fc1.weight.*shape mismatch: "
                                                 r"model.encoder.layers.0.fc1.weight has \[37, 32\], the config needs "
                                                 r"\[40, 32\]"),
-    "no_tokenizer": (lambda folder: (folder / "tokenizer_config.json").unlink(), r"has no tokenizer"),
+    "no_tokenizer": (lambda folder: (folder / "tokenizer_config.json").unlink(),
+                     r"has no tokenizer .*pass the model's tokenizer with --tokenizer \(tokenizer=\)"),
 }
 
 
@@ -156,6 +159,19 @@ def test_broken_source_gives_one_clear_error_and_writes_nothing(tmp_path, saved_
     with pytest.raises(ConversionError, match=message):
         upgrade_builtin(src, out)
     assert not out.parent.exists()
+
+
+def test_a_source_without_tokenizer_files_takes_one_by_the_tokenizer_option(tmp_path, saved_builtin, tokenizer_dir):
+    src = tmp_path / "weights-only"
+    src.mkdir()
+    for name in ("config.json", "generation_config.json", "model.safetensors"):
+        shutil.copy(saved_builtin / name, src / name)
+    result = subprocess.run([sys.executable, "-m", "bigbird_pegasus_hub.cli", "upgrade", src, tmp_path / "plugin",
+                             "--tokenizer", tokenizer_dir / "spiece.model"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "plugin" / "tokenizer_config.json").is_file()
+    assert AutoTokenizer.from_pretrained(tmp_path / "plugin")("a b").input_ids == \
+        AutoTokenizer.from_pretrained(tokenizer_dir)("a b").input_ids
 
 
 def test_missing_shard_is_named(tmp_path, tokenizer_dir, tokenizer_size):

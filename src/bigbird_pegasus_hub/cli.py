@@ -20,14 +20,13 @@ from pathlib import Path
 
 from . import repo_files
 from .atomic import Terminated, check_output_path, exit_on_termination
-from .summarize import DEFAULT_MODEL_DIR, DEVICES, DTYPES
+from .conversion.presets import PRESET_NAMES
+from .summarize import DEFAULT_MODEL_DIR, DEVICES, DTYPES, SINGLE_THREAD_MAX_WIDTH
 
 PROG = "bigbird-pegasus"
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
 STDIN = "-"
-# Short names of the released checkpoints' hyperparameter presets (conversion/presets.py).
-PRESETS = {name: f"bigbird-pegasus-large-{name}" for name in ("arxiv", "pubmed", "bigpatent")}
 # Python packages whose exceptions are network failures (no route, refused connection, timeout).
 NETWORK_PACKAGES = {"httpx", "httpx2", "httpcore", "requests", "urllib3"}
 
@@ -173,6 +172,12 @@ SUMMARIZE_DESCRIPTION = f"""\
 Summarize each FILE (standard input when no FILE is given, or for '-'). Summaries go to stdout; warnings and,
 for several files, a progress bar go to stderr.
 
+Default model: the bundled demo model ({DEFAULT_MODEL_DIR}), a tiny model trained only to copy a
+document's lead (its title line and first sentence): it shows that everything works, it does not summarize.
+For real summaries pass --model with a converted checkpoint, e.g. made by
+  {PROG} upgrade google/bigbird-pegasus-large-arxiv arxiv-plugin   (then --model arxiv-plugin)
+  {PROG} convert-tf CHECKPOINT_PREFIX arxiv-plugin --preset arxiv --spm-model pegasus.model
+
 Which code runs: a local model folder is loaded with this package's own model code, never with Python files
 of the folder. A Hub repo id whose config.json has an auto_map ships its own Python code, which transformers
 imports and runs on this machine: it needs --trust-remote-code, and --revision COMMIT pins the code you
@@ -183,8 +188,12 @@ Longer documents are cut, with a warning that says how many tokens were dropped.
 a document into overlapping windows of that length, summarizes each window, then summarizes the joined
 window summaries: a document of k windows costs k + 1 generate calls instead of one.
 
-Default model: the bundled demo model, {DEFAULT_MODEL_DIR} (a source checkout only: a package
-installed from a wheel needs --model)."""
+CPU threads: a model at most {SINGLE_THREAD_MAX_WIDTH} wide (d_model), such as the demo model, runs on one
+thread, which is faster for its small matrix products; wider ones use torch's default (one per core).
+--threads sets the number."""
+
+DEMO_MODEL_NOTICE = (f"{PROG} summarize: note: no --model given: this is the bundled demo model, which copies a "
+                     f"document's lead and does not summarize (`{PROG} summarize --help` says how to get a real one).")
 
 
 def add_summarize(commands, common):
@@ -203,7 +212,8 @@ def add_summarize(commands, common):
     parser.add_argument("files", nargs="*", metavar="FILE", help="UTF-8 text files (default: standard input)")
     model = parser.add_argument_group("model")
     model.add_argument("--model", metavar="FOLDER_OR_REPO_ID",
-                       help="local model folder or Hub repo id (default: the bundled demo model)")
+                       help="local model folder or Hub repo id (default: the bundled demo model, which only copies "
+                            "a document's lead)")
     model.add_argument("--revision", metavar="REV", help="branch, tag or commit of a Hub repo; a commit pins its code")
     model.add_argument("--trust-remote-code", action="store_true",
                        help="allow a Hub repo's own Python code to run (needed when it ships code)")
@@ -211,6 +221,9 @@ def add_summarize(commands, common):
                        help="where the model runs; auto: GPUs if any (device_map=auto), else the CPU (default: auto)")
     model.add_argument("--dtype", choices=DTYPES, default="auto",
                        help="weight precision; auto: as saved (default: auto)")
+    model.add_argument("--threads", type=positive_int, metavar="N",
+                       help=f"CPU threads (default: 1 for a model at most {SINGLE_THREAD_MAX_WIDTH} wide, else one per "
+                            "core)")
     generation = parser.add_argument_group("generation")
     generation.add_argument("--num-beams", type=positive_int, metavar="N",
                             help="beam search width (default: the model's generation config)")
@@ -243,12 +256,15 @@ def run_summarize(args) -> int:
         raise CommandError("--chunk-overlap only applies with --chunk: add --chunk, or drop --chunk-overlap.")
     documents = read_documents(args.files)
     quiet_library_warnings(args.debug)
-    from .summarize import load_summarizer, resolve_model
+    from .summarize import cpu_threads, load_summarizer, resolve_model
 
     # First the cheap checks of the model (folder, Hub repo, remote code), then the imports and the loading.
     source = resolve_model(args.model, revision=args.revision, trust_remote_code=args.trust_remote_code)
+    if args.model is None:
+        print(DEMO_MODEL_NOTICE, file=sys.stderr)
     hide_weight_loading_bar()
     summarizer = load_summarizer(source, device=args.device, dtype=args.dtype)
+    set_cpu_threads(args.threads or cpu_threads(summarizer.model))
     summaries = summarizer.summarize(
         (document.text for document in documents), batch_size=args.batch_size, chunk=args.chunk,
         chunk_overlap=args.chunk_overlap, num_beams=args.num_beams, max_length=args.max_length,
@@ -264,6 +280,13 @@ def run_summarize(args) -> int:
             write_line(format_summary(document, summary, args.format, several), sys.stdout)
             bar.update()
     return 0
+
+
+def set_cpu_threads(threads: int | None) -> None:
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def read_documents(paths: list[str]) -> list[Document]:
@@ -367,8 +390,20 @@ def add_convert_tf(commands, common):
         help="convert an original TensorFlow checkpoint into a Hub repo",
         description="Convert one of Google's original TensorFlow BigBird-Pegasus checkpoints (no TensorFlow "
                     "needed) into a complete Hub repo folder:\nweights, config, generation config, tokenizer, "
-                    "model code and card. Nothing is written if anything fails.\n\nHyperparameters use the original "
-                    "code's names: a --preset, then the run's --params JSON, then --set overrides.",
+                    "model code and card. Nothing is written if anything fails.\n\n"
+                    "Hyperparameters use the original code's names (google-research/bigbird): a --preset, then the "
+                    "run's --params JSON,\nthen --set overrides. The JSON is one flat object of those names, as the "
+                    "original code's params dict:\n"
+                    '  {"hidden_size": 1024, "num_hidden_layers": 16, "num_attention_heads": 16, '
+                    '"intermediate_size": 4096,\n'
+                    '   "vocab_size": 96103, "max_position_embeddings": 4096, "attention_type": "block_sparse", '
+                    '"block_size": 64,\n'
+                    '   "num_rand_blocks": 3, "hidden_act": "gelu", "use_bias": false, "rescale_embedding": true,\n'
+                    '   "norm_type": "prenorm", "couple_encoder_decoder": false, "beam_size": 5, "alpha": 0.8, '
+                    '"max_decoder_length": 256}\n'
+                    "Other flags of the run (learning rate, TPU settings, ...) may be in it and are ignored.\n\n"
+                    "The tokenizer is required: the sentencepiece model the checkpoint was trained with "
+                    "(--spm-model; the released\nmodels use bigbird/vocab/pegasus.model).",
         epilog=examples(
             "convert-tf arxiv/model.ckpt-300000 bigbird-pegasus-arxiv --preset arxiv --spm-model pegasus.model",
             "convert-tf run/model.ckpt-1000 my-repo --params params.json --spm-model pegasus.model "
@@ -378,11 +413,14 @@ def add_convert_tf(commands, common):
     parser.add_argument("checkpoint", metavar="CHECKPOINT_PREFIX",
                         help="checkpoint prefix such as dir/model.ckpt-300000 (or its folder)")
     parser.add_argument("out_dir", metavar="OUT_DIR", help="repo folder to create")
+    parser.add_argument("--spm-model", metavar="FILE", required=True,
+                        help="required: the checkpoint's sentencepiece .model (or a Pegasus tokenizer folder)")
     parser.add_argument("--params", metavar="PARAMS.json",
-                        help="hyperparameters of the original run (needed unless --preset gives them)")
-    parser.add_argument("--preset", choices=tuple(PRESETS), help="hyperparameters of a released checkpoint")
-    parser.add_argument("--spm-model", metavar="FILE",
-                        help="the checkpoint's sentencepiece .model (or a Pegasus tokenizer folder)")
+                        help="hyperparameters of the original run, a flat JSON object (see above; needed unless "
+                             "--preset gives them)")
+    parser.add_argument("--preset", choices=tuple(PRESET_NAMES),
+                        help=f"hyperparameters of a released checkpoint: {', '.join(PRESET_NAMES)} "
+                             "(google/bigbird-pegasus-large-NAME)")
     parser.add_argument("--scope", metavar="NAME", help="top variable scope (default: the params' scope, else pegasus)")
     parser.add_argument("--set", dest="overrides", type=key_value, action="append", default=[],
                         metavar="KEY=VALUE", help="override one hyperparameter; VALUE is JSON or a bare string "
@@ -404,17 +442,14 @@ def run_convert_tf(args) -> int:
     require_new_folder(args.out_dir, args.overwrite)
     require_exists(args.params, "--params file")
     require_checkpoint(args.checkpoint)
-    if args.spm_model is None:
-        raise CommandError("--spm-model is missing: a repo needs the checkpoint's tokenizer, e.g. the original "
-                           "bigbird/vocab/pegasus.model, or a folder with Pegasus tokenizer files.")
     repo_files.check_tokenizer_source(args.spm_model)
     from .conversion.params import checked_params  # no torch: the hyperparameters are checked at once
 
-    checked_params(args.params, preset=PRESETS.get(args.preset), overrides=dict(args.overrides))
+    checked_params(args.params, preset=args.preset, overrides=dict(args.overrides))
     from .conversion.tf_to_plugin import convert_tf_checkpoint
 
     out_dir = convert_tf_checkpoint(
-        args.checkpoint, args.out_dir, params=args.params, preset=PRESETS.get(args.preset),
+        args.checkpoint, args.out_dir, params=args.params, preset=args.preset,
         overrides=dict(args.overrides), spm_model=args.spm_model, scope=args.scope, overwrite=args.overwrite,
     )
     print(f"Converted {args.checkpoint} into {out_dir}")
@@ -432,23 +467,29 @@ def add_upgrade(commands, common):
         epilog=examples(
             "upgrade google/bigbird-pegasus-large-arxiv bigbird-pegasus-arxiv",
             "upgrade ./old-model ./new-repo --overwrite",
+            "upgrade ./weights-only-folder ./new-repo --tokenizer pegasus.model",
         ),
     )
     parser.add_argument("src", metavar="SRC", help="built-in model folder or Hub repo id")
     parser.add_argument("out_dir", metavar="OUT_DIR", help="repo folder to create")
     parser.add_argument("--revision", metavar="REV", help="branch, tag or commit of a Hub repo SRC")
+    parser.add_argument("--tokenizer", metavar="DIR_OR_SPM",
+                        help="a Pegasus tokenizer folder or sentencepiece .model file, for a SRC without tokenizer "
+                             "files (default: SRC's tokenizer)")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
 
 
 def run_upgrade(args) -> int:
     require_new_folder(args.out_dir, args.overwrite)
+    require_exists(args.tokenizer, "--tokenizer")
     if Path(args.src).is_dir():
         if args.revision is not None:
             raise CommandError(f"{args.src} is a local folder: --revision only applies to Hub repo ids. Drop it.")
-        repo_files.check_builtin_folder(args.src)
+        repo_files.check_builtin_folder(args.src, tokenizer_given=args.tokenizer is not None)
     from .conversion.upgrade import upgrade_builtin
 
-    out_dir = upgrade_builtin(args.src, args.out_dir, revision=args.revision, overwrite=args.overwrite)
+    out_dir = upgrade_builtin(args.src, args.out_dir, revision=args.revision, tokenizer=args.tokenizer,
+                              overwrite=args.overwrite)
     print(f"Upgraded {args.src} into {out_dir}")
     print(next_steps(out_dir))
     return 0

@@ -280,22 +280,27 @@ def check_tokenizer_folder(folder: Path) -> dict:
     return config
 
 
-def check_model_folder(folder: str | Path, *, formats: tuple[tuple[str, str], ...] = (SAFETENSORS_FILES,)) -> dict:
-    """The cheap checks of a whole model folder: its config.json, weight files and tokenizer. Returns the config."""
+def check_model_folder(folder: str | Path, *, formats: tuple[tuple[str, str], ...] = (SAFETENSORS_FILES,),
+                       with_tokenizer: bool = True) -> dict:
+    """The cheap checks of a whole model folder: its config.json, weight files and (`with_tokenizer`) tokenizer.
+    Returns the config."""
     folder = Path(folder)
     config = read_model_config(folder / CONFIG_FILE)
     check_weight_files(folder, formats)
-    check_tokenizer_folder(folder)
+    if with_tokenizer:
+        check_tokenizer_folder(folder)
     return config
 
 
-def check_builtin_folder(folder: str | Path) -> dict:
+def check_builtin_folder(folder: str | Path, *, tokenizer_given: bool = False) -> dict:
     """The cheap checks of a transformers checkpoint folder that `bigbird-pegasus upgrade` reads (no tensor is read):
-    config.json, weights in either format (shard paths, safetensors headers) and tokenizer files. Returns the
-    config."""
+    config.json, weights in either format (shard paths, safetensors headers) and, unless the tokenizer comes from
+    elsewhere (`tokenizer_given`), tokenizer files. Returns the config."""
     folder = Path(folder)
     if not (folder / CONFIG_FILE).is_file():
         raise RepoError(f"{folder} has no {CONFIG_FILE}: it is not a transformers model folder")
-    if not (folder / TOKENIZER_CONFIG_FILE).is_file():
-        raise RepoError(f"{folder} has no tokenizer ({TOKENIZER_CONFIG_FILE}); a plugin repo needs one")
-    return check_model_folder(folder, formats=(SAFETENSORS_FILES, BIN_FILES))
+    if not tokenizer_given and not (folder / TOKENIZER_CONFIG_FILE).is_file():
+        raise RepoError(f"{folder} has no tokenizer ({TOKENIZER_CONFIG_FILE}), and a plugin repo needs one: pass the "
+                        "model's tokenizer with --tokenizer (tokenizer=), a Pegasus tokenizer folder or a "
+                        "sentencepiece .model file")
+    return check_model_folder(folder, formats=(SAFETENSORS_FILES, BIN_FILES), with_tokenizer=not tokenizer_given)

@@ -40,22 +40,37 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_MODEL_DIR",
     "DEVICES",
+    "SINGLE_THREAD_MAX_WIDTH",
     "DTYPES",
     "ModelSource",
     "SummarizeError",
     "Summarizer",
     "Summary",
+    "cpu_threads",
     "load_summarizer",
     "resolve_model",
     "token_windows",
 ]
 
-# The demo model of the source checkout. A wheel does not ship it: pass a model explicitly there.
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "hub_repo"
+
+
+def _demo_repo_dir() -> Path:
+    """The bundled demo model: the package's data folder `demo_repo/` (pyproject.toml installs the checkout's
+    `hub_repo/` there), or, for a source checkout (an editable install, where the package is `src/...`), the checkout's
+    own `hub_repo/`. Only the package's own folders count: an installed package never looks beside itself."""
+    package = Path(__file__).resolve().parent
+    if package.parent.name == "src" and not (package / "demo_repo").exists():
+        return package.parents[1] / "hub_repo"
+    return package / "demo_repo"
+
+
+DEFAULT_MODEL_DIR = _demo_repo_dir()
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 MODEL_TYPE = "bigbird_pegasus"
 
+# Models at most this wide generate on one CPU thread (see `cpu_threads`).
+SINGLE_THREAD_MAX_WIDTH = 256
 # Used when neither the caller nor the model's generation config sets them, as the plugin's summarization pipeline.
 FALLBACK_GENERATION = {"max_new_tokens": 256, "num_beams": 4}
 # Windows overlap by this share of their length, so that no sentence is only seen cut in two.
@@ -143,8 +158,8 @@ def _local_source(path: Path, *, bundled: bool = False, revision: str | None = N
 
 def _missing_config_message(path: Path, bundled: bool) -> str:
     if bundled:
-        return (f"The bundled demo model is missing ({path} has no config.json; an installed wheel does not ship it): "
-                "pass a model folder or a Hub repo id with --model.")
+        return (f"The bundled demo model is missing ({path} has no config.json): reinstall the package, or pass a "
+                "model folder or a Hub repo id with --model.")
     if not path.exists():
         return f"Model folder {path} does not exist: pass a model folder or a Hub repo id (owner/name) to --model."
     return (f"{path} has no config.json, so it is not a model folder: pass a folder made by `bigbird-pegasus build` "
@@ -254,8 +269,8 @@ def load_summarizer(
     """Loads a model and its tokenizer for summarizing.
 
     Args:
-        model: a local model folder, a Hub repo id, None for the bundled demo model (`hub_repo/` of the source
-            checkout), or a `ModelSource` from `resolve_model` (then `revision` and `trust_remote_code` are unused).
+        model: a local model folder, a Hub repo id, None for the bundled demo model (`DEFAULT_MODEL_DIR`), or a
+            `ModelSource` from `resolve_model` (then `revision` and `trust_remote_code` are unused).
         revision: branch, tag or commit of a Hub repo; it is resolved to a commit once, and everything (weights,
             tokenizer, code) is read at that commit.
         trust_remote_code: allow a Hub repo's own Python code to run (needed when its config.json has `auto_map`).
@@ -270,6 +285,20 @@ def load_summarizer(
         source = resolve_model(model, revision=revision, trust_remote_code=trust_remote_code)
     _check_device(device)
     return Summarizer(*_load_model_and_tokenizer(source, device, dtype))
+
+
+def cpu_threads(model: PreTrainedModel) -> int | None:
+    """The CPU threads that suit generating with `model`: 1 for a model on the CPU at most SINGLE_THREAD_MAX_WIDTH
+    wide (such as the bundled demo model), None (torch's default, one per core) otherwise.
+
+    A decoding step of a narrow model is a few small matrix products (the demo model's: 5 beams x 64 x 64). Split
+    over threads, each costs more than it computes: the other threads must be woken and waited for, and on a busy
+    machine that means waiting for the scheduler. On this project's shared 2-core machine the demo model's main job
+    took 20-30x longer with 2 threads than with one; one thread is never slower for it.
+    """
+    if model.device.type != "cpu" or getattr(model.config, "d_model", None) is None:
+        return None
+    return 1 if model.config.d_model <= SINGLE_THREAD_MAX_WIDTH else None
 
 
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
