@@ -171,17 +171,21 @@ def test_encoder_keeps_the_original_random_blocks(onnx_model, pytorch_model, rep
     assert max_abs_diff(onnx_states, pytorch_encoder(swapped, input_ids, attention_mask)) > 1e-2
 
 
-@pytest.mark.parametrize("num_beams", [1, 3])
-def test_generate_gives_pytorch_ids(onnx_model, pytorch_model, num_beams):
-    """Greedy and beam search through ONNX Runtime give PyTorch's ids (a batch with a padded document)."""
+def assert_generates_pytorch_ids(model, pytorch_model, num_beams: int) -> None:
+    """`model.generate` gives PyTorch's ids, for a batch with a padded document."""
     input_ids, attention_mask = document_batch(pytorch_model.config.vocab_size, 300, padded_rows=1)
     settings = dict(num_beams=num_beams, max_new_tokens=12, min_new_tokens=12, no_repeat_ngram_size=1)  # no repeats
-    onnx_ids = onnx_model.generate(input_ids=input_ids, attention_mask=attention_mask, **settings)
+    onnx_ids = model.generate(input_ids=input_ids, attention_mask=attention_mask, **settings)
     with torch.no_grad():
         pytorch_ids = pytorch_model.generate(input_ids=pad_to(input_ids, PADDED),
                                              attention_mask=pad_to(attention_mask, PADDED), **settings)
     assert onnx_ids.tolist() == pytorch_ids.tolist()
     assert len(set(onnx_ids[0].tolist())) == 13  # decoder start + 12 new tokens: each step's argmax compared
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_generate_gives_pytorch_ids(onnx_model, pytorch_model, num_beams):
+    assert_generates_pytorch_ids(onnx_model, pytorch_model, num_beams)
 
 
 def test_generate_returns_a_standard_cache(onnx_model, pytorch_model):
@@ -207,13 +211,7 @@ def test_optimum_ort_model_loads_and_generates_pytorch_ids(exports, pytorch_mode
 
     model = ORTModelForSeq2SeqLM.from_pretrained(exports["fp32"])
     assert model.decoder_with_past is not None  # the cache is used
-    input_ids, attention_mask = document_batch(pytorch_model.config.vocab_size, 300, padded_rows=1)
-    settings = dict(num_beams=num_beams, max_new_tokens=12, min_new_tokens=12, no_repeat_ngram_size=1)  # no repeats
-    onnx_ids = model.generate(input_ids=input_ids, attention_mask=attention_mask, **settings)
-    with torch.no_grad():
-        pytorch_ids = pytorch_model.generate(input_ids=pad_to(input_ids, PADDED),
-                                             attention_mask=pad_to(attention_mask, PADDED), **settings)
-    assert onnx_ids.tolist() == pytorch_ids.tolist()
+    assert_generates_pytorch_ids(model, pytorch_model, num_beams)
 
 
 def test_fp16_export_runs_close_to_fp32(exports, repos):

@@ -533,7 +533,7 @@ def add_export_onnx(commands, common):
         description=EXPORT_ONNX_DESCRIPTION,
         epilog=examples(
             "export-onnx my-repo my-repo-onnx",
-            "export-onnx my-repo my-repo-onnx-fp16 --dtype fp16 --opset 23 --overwrite",
+            "export-onnx my-repo my-repo-onnx-fp16 --dtype fp16 --opset 22 --overwrite",
         ),
     )
     parser.add_argument("model", metavar="MODEL", help="model folder (made by build, convert-tf or upgrade)")
