@@ -642,7 +642,19 @@ def resolve_output_flags(config, output_attentions, output_hidden_states, return
 def embed_inputs(embed_tokens, input_ids, inputs_embeds):
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
-    return embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+    if inputs_embeds is not None:
+        return inputs_embeds
+    # torch's own error for an id outside the vocabulary is a bare "index out of range". One min/max pass and one
+    # sync name the id; compiled and exported graphs skip the check (no data-dependent branch in them).
+    if input_ids.numel() and not (torch.compiler.is_compiling() or torch.jit.is_tracing() or input_ids.is_meta):
+        low, high = torch.stack(torch.aminmax(input_ids)).tolist()
+        if low < 0 or high >= embed_tokens.num_embeddings:
+            raise ValueError(
+                f"Token id {low if low < 0 else high} is outside the model's vocabulary of {embed_tokens.num_embeddings}"
+                f" ids (0 to {embed_tokens.num_embeddings - 1}): the inputs come from another tokenizer than the "
+                "model's, or hold padding such as -100 that must be replaced by the pad token id."
+            )
+    return embed_tokens(input_ids)
 
 
 def check_length(length: int, max_positions: int, what: str):

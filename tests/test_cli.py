@@ -154,7 +154,7 @@ def model_runs(tiny_repo, texts) -> dict[str, subprocess.CompletedProcess]:
 
 @pytest.fixture(scope="module")
 def repo_runs(
-    tmp_path_factory, tiny_repo, tokenizer_dir, vocab_size
+    tmp_path_factory, tiny_repo, tokenizer_dir, reference_tokenizer_dir, vocab_size
 ) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
     """build, convert-tf and upgrade, side by side: (the folder each was asked to write, its result)."""
     folder = tmp_path_factory.mktemp("made")
@@ -171,7 +171,7 @@ def repo_runs(
                       tiny_repo / "model.safetensors", "--tokenizer", tokenizer_dir, "--description",
                       "A tiny test model.")),
         "convert-tf": Run(("convert-tf", TF_REFERENCE / "model.ckpt-0", out_dirs["convert-tf"], "--params", params,
-                           "--spm-model", tokenizer_dir, "--set", "beam_size=2", "--set", "alpha=0.5")),
+                           "--spm-model", reference_tokenizer_dir, "--set", "beam_size=2", "--set", "alpha=0.5")),
         "upgrade": Run(("upgrade", builtin_dir, out_dirs["upgrade"])),
     }
     results = run_side_by_side(runs)

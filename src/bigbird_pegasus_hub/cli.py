@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import repo_files
+from .atomic import Terminated, check_output_path, exit_on_termination
 from .summarize import DEFAULT_MODEL_DIR, DEVICES, DTYPES
 
 PROG = "bigbird-pegasus"
@@ -41,10 +43,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_ERROR
     try:
-        return args.run(args)
+        with exit_on_termination():  # SIGTERM and SIGHUP unwind like Ctrl-C: temporary output is removed
+            return args.run(args)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Terminated as stopped:
+        print(f"{PROG}: stopped by {stopped.signal_name}", file=sys.stderr)
+        return stopped.code
     except BrokenPipeError:
         # The reader of stdout went away (`| head`): stop quietly, and keep Python from complaining at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -112,7 +118,8 @@ def build_parser() -> ArgumentParser:
     common = ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true",
                         help="on an error, also print its traceback; show the libraries' warnings")
-    for add_command in (add_summarize, add_convert_tf, add_upgrade, add_build, add_push, add_export_onnx):
+    for add_command in (add_summarize, add_convert_tf, add_upgrade, add_build, add_push, add_finetune,
+                        add_export_onnx):
         add_command(commands, common)
     return parser
 
@@ -137,21 +144,26 @@ def package_version() -> str:
         return "(not installed)"
 
 
-def positive_int(text: str) -> int:
-    value = non_negative_int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return value
+def int_at_least(minimum: int, why: str = ""):
+    """An argparse type: a whole number >= `minimum` (`why` explains the minimum in the error)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}{why}, got {text}")
+        return value
+
+    parse.__name__ = f"whole number >= {minimum}"  # argparse names the type in some messages
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
-    return value
+positive_int = int_at_least(1)
+non_negative_int = int_at_least(0)
+# The decoder's start token counts towards a summary's max_length: 2 is one generated token.
+summary_length = int_at_least(2, " (the decoder's start token counts, so 2 allows one generated token)")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -203,7 +215,7 @@ def add_summarize(commands, common):
     generation = parser.add_argument_group("generation")
     generation.add_argument("--num-beams", type=positive_int, metavar="N",
                             help="beam search width (default: the model's generation config)")
-    generation.add_argument("--max-length", type=positive_int, metavar="TOKENS",
+    generation.add_argument("--max-length", type=summary_length, metavar="TOKENS",
                             help="longest summary in tokens (default: the model's generation config)")
     generation.add_argument("--batch-size", type=positive_int, default=1, metavar="N",
                             help="documents (with --chunk: windows) per generate call (default: 1)")
@@ -228,6 +240,8 @@ class Document:
 
 
 def run_summarize(args) -> int:
+    if args.chunk_overlap is not None and not args.chunk:
+        raise CommandError("--chunk-overlap only applies with --chunk: add --chunk, or drop --chunk-overlap.")
     documents = read_documents(args.files)
     quiet_library_warnings(args.debug)
     from .summarize import load_summarizer, resolve_model
@@ -245,6 +259,9 @@ def run_summarize(args) -> int:
         for document, summary in zip(documents, summaries):
             if summary.truncated:
                 write_line(truncation_warning(document, summary, summarizer.max_input_tokens), sys.stderr)
+            if not summary.text:
+                write_line(f"warning: {document.label}: the model generated an empty summary; its weights may be "
+                           "damaged (NaN) or untrained.", sys.stderr)
             write_line(format_summary(document, summary, args.format, several), sys.stdout)
             bar.update()
     return 0
@@ -387,7 +404,14 @@ def key_value(text: str) -> tuple[str, object]:
 def run_convert_tf(args) -> int:
     require_new_folder(args.out_dir, args.overwrite)
     require_exists(args.params, "--params file")
-    require_exists(args.spm_model, "--spm-model")
+    require_checkpoint(args.checkpoint)
+    if args.spm_model is None:
+        raise CommandError("--spm-model is missing: a repo needs the checkpoint's tokenizer, e.g. the original "
+                           "bigbird/vocab/pegasus.model, or a folder with Pegasus tokenizer files.")
+    repo_files.check_tokenizer_source(args.spm_model)
+    from .conversion.params import checked_params  # no torch: the hyperparameters are checked at once
+
+    checked_params(args.params, preset=PRESETS.get(args.preset), overrides=dict(args.overrides))
     from .conversion.tf_to_plugin import convert_tf_checkpoint
 
     out_dir = convert_tf_checkpoint(
@@ -419,6 +443,10 @@ def add_upgrade(commands, common):
 
 def run_upgrade(args) -> int:
     require_new_folder(args.out_dir, args.overwrite)
+    if Path(args.src).is_dir():
+        if args.revision is not None:
+            raise CommandError(f"{args.src} is a local folder: --revision only applies to Hub repo ids. Drop it.")
+        repo_files.check_builtin_folder(args.src)
     from .conversion.upgrade import upgrade_builtin
 
     out_dir = upgrade_builtin(args.src, args.out_dir, revision=args.revision, overwrite=args.overwrite)
@@ -455,18 +483,18 @@ def run_build(args) -> int:
     require_exists(args.config, "--config")
     require_exists(args.weights, "--weights")
     require_exists(args.tokenizer, "--tokenizer")
+    if Path(args.config).is_dir():
+        raise CommandError(f"--config {args.config} is a folder: give its config.json file.")
+    repo_files.read_model_config(args.config, "--config")
     if Path(args.weights).suffix != ".safetensors":
         raise CommandError(f"--weights {args.weights} is not a .safetensors file: save the weights with "
                            "safetensors (model.save_pretrained does by default).")
-    from safetensors import SafetensorError
-
+    repo_files.check_safetensors_file(args.weights)
+    repo_files.check_tokenizer_source(args.tokenizer)
     from .repo import build_repo
 
-    try:
-        out_dir = build_repo(args.out_dir, config=args.config, state_dict=args.weights, tokenizer=args.tokenizer,
-                             description=args.description, overwrite=args.overwrite)
-    except SafetensorError as error:
-        raise CommandError(f"Cannot read the weights {args.weights} ({error}): is the file complete?") from error
+    out_dir = build_repo(args.out_dir, config=args.config, state_dict=args.weights, tokenizer=args.tokenizer,
+                         description=args.description, overwrite=args.overwrite)
     print(f"Built {out_dir}")
     print(next_steps(out_dir))
     return 0
@@ -495,6 +523,7 @@ def add_push(commands, common):
 
 def run_push(args) -> int:
     require_exists(args.folder, "FOLDER")
+    repo_files.check_repo(args.folder)  # complete, and referencing only its own code: before any upload
     from .hub import PushError, push_repo
 
     try:
@@ -560,6 +589,136 @@ def run_export_onnx(args) -> int:
           "  from bigbird_pegasus_hub.onnx_model import OnnxBigBirdPegasusForConditionalGeneration\n"
           f"  model = OnnxBigBirdPegasusForConditionalGeneration.from_pretrained({str(out_dir)!r})\n"
           "or with Optimum (optimum-onnx, transformers < 4.58): ORTModelForSeq2SeqLM.from_pretrained(the same folder)")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# finetune
+
+
+FINETUNE_DESCRIPTION = """\
+Fine-tune MODEL (a plugin repo folder, or a Hub repo id) on your documents and their summaries, and write the
+result to OUT_DIR as a complete plugin repo (tokenizer and generation config included) that `summarize --model
+OUT_DIR` and `push` accept. OUT_DIR appears only when training is done.
+
+The corpus: a JSON Lines (.jsonl), CSV (.csv) or Parquet (.parquet) file with a document column and a summary
+column (--text-column, default 'document'; --summary-column, default 'summary'). With --validation, the model
+summarizes the validation documents at every evaluation and reports ROUGE-1, ROUGE-2 and ROUGE-Lsum (rouge_score,
+with stemming, as Google's evaluation).
+
+Training: transformers' Seq2SeqTrainer, gradient checkpointing on (--no-gradient-checkpointing turns it off), --bf16
+mixed precision, --lora for PEFT LoRA on the attention projections (merged into OUT_DIR's weights, or saved alone
+with --save-adapter). Checkpoints go to OUT_DIR-checkpoints (--checkpoint-dir) every --save-steps steps; --resume
+continues from the last one. They are removed once OUT_DIR is written, unless --keep-checkpoints.
+
+Several GPUs: accelerate launch --multi_gpu --num_processes N -m bigbird_pegasus_hub.cli finetune ...
+(--batch-size is per process).
+
+Needs the `train` extra: pip install "bigbird-pegasus-hub[train]"."""
+
+
+def add_finetune(commands, common):
+    from .finetune import DEFAULT_LEARNING_RATE, DEFAULT_LORA_LEARNING_RATE, DEFAULT_SUMMARY_COLUMN, DEFAULT_TEXT_COLUMN
+
+    parser = add_command(
+        commands, "finetune", common, run_finetune,
+        help="fine-tune a model on your documents and summaries",
+        description=FINETUNE_DESCRIPTION,
+        epilog=examples(
+            "finetune hub_repo my-model --train train.jsonl --validation val.jsonl",
+            "finetune ./arxiv-plugin my-model --train papers.parquet --text-column article --summary-column abstract "
+            "--batch-size 2 --gradient-accumulation 8 --bf16",
+            "finetune ./arxiv-plugin my-model --train train.csv --lora --lora-rank 32 --max-steps 2000",
+            "finetune ./arxiv-plugin my-model --train train.jsonl --resume",
+        ),
+    )
+    parser.add_argument("model", metavar="MODEL", help="plugin repo folder or Hub repo id to start from")
+    parser.add_argument("out_dir", metavar="OUT_DIR", help="repo folder to create")
+    data = parser.add_argument_group("data")
+    data.add_argument("--train", dest="train_file", required=True, metavar="FILE",
+                      help="training corpus: .jsonl, .csv or .parquet")
+    data.add_argument("--validation", dest="validation_file", metavar="FILE",
+                      help="validation corpus (same format): loss and ROUGE at every evaluation")
+    data.add_argument("--text-column", default=DEFAULT_TEXT_COLUMN, metavar="NAME",
+                      help=f"column of the documents (default: {DEFAULT_TEXT_COLUMN})")
+    data.add_argument("--summary-column", default=DEFAULT_SUMMARY_COLUMN, metavar="NAME",
+                      help=f"column of the summaries (default: {DEFAULT_SUMMARY_COLUMN})")
+    data.add_argument("--max-source-length", type=positive_int, metavar="TOKENS",
+                      help="longer documents are cut (default: as many tokens as the model reads)")
+    data.add_argument("--max-target-length", type=positive_int, default=256, metavar="TOKENS",
+                      help="longer summaries are cut; also the longest validation summary (default: 256)")
+    model = parser.add_argument_group("model")
+    model.add_argument("--revision", metavar="REV", help="branch, tag or commit of a Hub repo MODEL")
+    model.add_argument("--trust-remote-code", action="store_true",
+                       help="allow a Hub repo's own Python code to run (needed when it ships code)")
+    training = parser.add_argument_group("training")
+    training.add_argument("--learning-rate", type=positive_float, metavar="LR",
+                          help=f"peak learning rate, decaying linearly (default: {DEFAULT_LEARNING_RATE:g}, with "
+                               f"--lora {DEFAULT_LORA_LEARNING_RATE:g})")
+    length = training.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=positive_float, default=3.0, metavar="N",
+                        help="passes over the training corpus (default: 3)")
+    length.add_argument("--max-steps", type=positive_int, metavar="N", help="optimizer steps, instead of --epochs")
+    training.add_argument("--batch-size", type=positive_int, default=1, metavar="N",
+                          help="documents per step and process (default: 1)")
+    training.add_argument("--gradient-accumulation", type=positive_int, default=1, metavar="N",
+                          help="batches per optimizer step (default: 1)")
+    training.add_argument("--no-gradient-checkpointing", dest="gradient_checkpointing", action="store_false",
+                          help="keep activations instead of recomputing them: faster, needs more memory")
+    training.add_argument("--bf16", action="store_true",
+                          help="bfloat16 mixed precision (GPUs since Ampere, recent CPUs)")
+    training.add_argument("--lora", action="store_true",
+                          help="train PEFT LoRA adapters on the attention projections instead of all weights")
+    training.add_argument("--lora-rank", type=positive_int, default=16, metavar="R",
+                          help="rank of the LoRA matrices; alpha is 2 * R (default: 16)")
+    training.add_argument("--save-adapter", action="store_true",
+                          help="with --lora: write only the adapter (and tokenizer) to OUT_DIR, not a merged model")
+    training.add_argument("--seed", type=non_negative_int, default=42, help="random seed (default: 42)")
+    evaluation = parser.add_argument_group("checkpoints and evaluation")
+    evaluation.add_argument("--checkpoint-dir", metavar="DIR",
+                            help="where checkpoints go (default: OUT_DIR-checkpoints)")
+    evaluation.add_argument("--save-steps", type=positive_int, default=500, metavar="N",
+                            help="save a checkpoint every N steps (default: 500)")
+    evaluation.add_argument("--eval-steps", type=positive_int, metavar="N",
+                            help="evaluate every N steps and after the last (default: --save-steps)")
+    evaluation.add_argument("--logging-steps", type=positive_int, default=25, metavar="N",
+                            help="print the training loss every N steps (default: 25)")
+    evaluation.add_argument("--num-beams", type=positive_int, metavar="N",
+                            help="beam width of the validation summaries (default: the model's generation config)")
+    evaluation.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    evaluation.add_argument("--keep-checkpoints", action="store_true", help="keep the checkpoints after success")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace OUT_DIR if it exists (and start over, without --resume)")
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number above 0, got {text}")
+    return value
+
+
+def run_finetune(args) -> int:
+    from dataclasses import fields
+
+    from .finetune import FinetuneOptions, check_options, finetune, last_checkpoint
+
+    options = FinetuneOptions(**{option.name: getattr(args, option.name) for option in fields(FinetuneOptions)})
+    check_options(options)
+    quiet_library_warnings(args.debug)
+    try:
+        result = finetune(options, notify=lambda line: write_line(line, sys.stderr))
+    except KeyboardInterrupt:
+        if last_checkpoint(options.checkpoint_dir) is not None:
+            write_line(f"{PROG} finetune: the checkpoints in {options.checkpoint_dir} stay: run the same command with "
+                       "--resume to continue.", sys.stderr)
+        raise
+    if result.main_process:  # the other processes of a multi-process run write nothing
+        print(result.report())
+        print(f"Saved the LoRA adapter to {options.out_dir}" if options.save_adapter else
+              f"Saved {options.out_dir}\n{next_steps(options.out_dir)}")
     return 0
 
 
@@ -572,6 +731,14 @@ def require_new_folder(out_dir: str, overwrite: bool) -> None:
     """Refuses before the long work what the repo builders would refuse after it."""
     if Path(out_dir).exists() and not overwrite:
         raise CommandError(f"{out_dir} already exists: choose another folder, or pass --overwrite to replace it.")
+    check_output_path(out_dir, overwrite=overwrite)  # a parent that is a file; a file where the folder would go
+
+
+def require_checkpoint(prefix: str) -> None:
+    path = Path(prefix)
+    if not (path.exists() or path.with_name(f"{path.name}.index").is_file()):
+        raise CommandError(f"No checkpoint at {prefix}: neither {prefix}.index nor a folder of that name exists. "
+                           "Pass a checkpoint prefix such as dir/model.ckpt-300000, or its folder.")
 
 
 def next_steps(out_dir) -> str:

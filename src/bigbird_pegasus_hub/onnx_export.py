@@ -163,16 +163,11 @@ def load_model(model_dir: Path, dtype):
     return model.eval()
 
 
-@contextmanager
-def output_folder(out_dir: Path, overwrite: bool):  # noqa: ARG001 (replace_folder always replaces)
-    """A temporary folder beside `out_dir`, renamed to `out_dir` when the block completes, removed if it fails.
+def output_folder(out_dir: Path, overwrite: bool):
+    """A temporary folder beside `out_dir`, renamed to `out_dir` when the block completes, removed if it fails."""
+    from .atomic import atomic_output_folder
 
-    The one place that picks the mechanism (to become `bigbird_pegasus_hub.atomic.atomic_output_folder`)."""
-    from .repo import replace_folder, staging_folder
-
-    with staging_folder(out_dir) as staging:
-        yield staging
-        replace_folder(staging, out_dir)
+    return atomic_output_folder(out_dir, overwrite=overwrite)
 
 
 def write_config(config: dict, folder: Path) -> None:
