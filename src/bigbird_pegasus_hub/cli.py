@@ -117,7 +117,8 @@ def build_parser() -> ArgumentParser:
     common = ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true",
                         help="on an error, also print its traceback; show the libraries' warnings")
-    for add_command in (add_summarize, add_convert_tf, add_upgrade, add_build, add_push, add_finetune):
+    for add_command in (add_summarize, add_convert_tf, add_upgrade, add_build, add_push, add_finetune,
+                        add_export_onnx):
         add_command(commands, common)
     return parser
 
@@ -580,6 +581,55 @@ def run_push(args) -> int:
     print(result.loading_snippet().rstrip())
     print(f"\nor: {PROG} summarize --model {result.repo_id} --revision {result.commit_id} --trust-remote-code FILE")
     return 0
+
+
+EXPORT_ONNX_DESCRIPTION = """\
+Export a model folder (made by build, convert-tf or upgrade) to ONNX, with its real block-sparse attention and
+original random blocks. OUT_DIR gets encoder_model.onnx, decoder_model.onnx and decoder_with_past_model.onnx
+(each with its weights in <file>_data), config.json, generation_config.json and the tokenizer: the layout that
+Optimum's ORTModelForSeq2SeqLM loads (transformers 4.x), as does this package's own ONNX Runtime runner
+(transformers 4.57 and 5.x). The encoder pads every input to max_position_embeddings tokens inside the graph,
+as Google's original code padded to max_encoder_length. Nothing is written if anything fails.
+
+Needs the onnx extra: pip install "bigbird-pegasus-hub[onnx]"."""
+
+
+def add_export_onnx(commands, common):
+    from .onnx_export import DEFAULT_OPSET, DTYPES, MAX_OPSET, MIN_OPSET
+
+    parser = add_command(
+        commands, "export-onnx", common, run_export_onnx,
+        help="export a model folder to ONNX (ONNX Runtime, Optimum)",
+        description=EXPORT_ONNX_DESCRIPTION,
+        epilog=examples(
+            "export-onnx my-repo my-repo-onnx",
+            "export-onnx my-repo my-repo-onnx-fp16 --dtype fp16 --opset 22 --overwrite",
+        ),
+    )
+    parser.add_argument("model", metavar="MODEL", help="model folder (made by build, convert-tf or upgrade)")
+    parser.add_argument("out_dir", metavar="OUT_DIR", help="folder to create")
+    parser.add_argument("--dtype", choices=DTYPES, default="fp32",
+                        help="precision of weights and activations; fp16 is for GPUs (default: fp32)")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, metavar="N",
+                        help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET} (default: {DEFAULT_OPSET})")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
+
+
+def run_export_onnx(args) -> int:
+    from .onnx_export import check_export_request, export_onnx, quiet_exporter
+
+    # The cheap checks first (options, folders, packages): a mistake is reported before torch is imported.
+    check_export_request(Path(args.model), Path(args.out_dir), dtype=args.dtype, opset=args.opset,
+                         overwrite=args.overwrite)
+    quiet_library_warnings(args.debug)
+    hide_weight_loading_bar()
+    with quiet_exporter(args.debug):
+        out_dir = export_onnx(args.model, args.out_dir, dtype=args.dtype, opset=args.opset, overwrite=args.overwrite)
+    print(f"Exported {args.model} to ONNX in {out_dir}")
+    print("Run it on ONNX Runtime (transformers 4.57 or 5.x):\n"
+          "  from bigbird_pegasus_hub.onnx_model import OnnxBigBirdPegasusForConditionalGeneration\n"
+          f"  model = OnnxBigBirdPegasusForConditionalGeneration.from_pretrained({str(out_dir)!r})\n"
+          "or with Optimum (optimum-onnx, transformers < 4.58): ORTModelForSeq2SeqLM.from_pretrained(the same folder)")
 
 
 # ----------------------------------------------------------------------------------------------------------------
