@@ -393,7 +393,17 @@ def results(inputs, tmp_path_factory):
         futures = {name: pool.submit(run_case, case, inputs, folders[name]) for name, case in CASES.items()}
         outcomes = {name: future.result() for name, future in futures.items()}
     assert tree(inputs) == inputs_before, "a bad-input case wrote into the shared inputs"
+    if os.environ.get("BAD_INPUTS_TABLE"):  # the table of cases and their messages, for release notes and reviews
+        write_table(Path(os.environ["BAD_INPUTS_TABLE"]), outcomes)
     return outcomes
+
+
+def write_table(path: Path, outcomes: dict) -> None:
+    rows = ["| case | exit | stderr |", "|---|---|---|"]
+    for name, (_, result, _) in sorted(outcomes.items()):
+        message = result.stderr.strip().replace("|", "\\|").replace("\n", " / ")
+        rows.append(f"| {name} | {result.returncode} | {message} |")
+    path.write_text("\n".join(rows) + "\n")
 
 
 def test_there_are_enough_cases():
