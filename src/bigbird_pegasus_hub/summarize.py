@@ -38,11 +38,14 @@ __all__ = [
     "DEFAULT_MODEL_DIR",
     "DEVICES",
     "DTYPES",
+    "EncodedDocument",
     "ModelSource",
     "SummarizeError",
     "Summarizer",
     "Summary",
+    "batches",
     "load_summarizer",
+    "padded_length",
     "resolve_model",
     "token_windows",
 ]
@@ -101,6 +104,26 @@ class Summary:
     @property
     def truncated(self) -> bool:
         return self.truncated_tokens > 0
+
+    def fields(self) -> dict[str, Any]:
+        """What JSON outputs record of a summary (`summarize --format jsonl`, `summarize --input`)."""
+        return {"summary": self.text, "input_tokens": self.input_tokens, "truncated": self.truncated,
+                "truncated_tokens": self.truncated_tokens, "windows": self.windows, "seconds": round(self.seconds, 3)}
+
+
+@dataclass(frozen=True)
+class EncodedDocument:
+    """A document as the model reads it (`Summarizer.encode`), so that callers can group documents by length.
+
+    Attributes:
+        model_input: the token ids the model reads, special tokens included, cut to `Summarizer.max_input_tokens`.
+        input_tokens: the whole document's length in tokens, special tokens included.
+        truncated_tokens: tokens that were cut.
+    """
+
+    model_input: list[int]
+    input_tokens: int
+    truncated_tokens: int
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -238,6 +261,7 @@ def load_summarizer(
     trust_remote_code: bool = False,
     device: str = "auto",
     dtype: str = "auto",
+    max_input_tokens: int | None = None,
 ) -> Summarizer:
     """Loads a model and its tokenizer for summarizing.
 
@@ -249,6 +273,7 @@ def load_summarizer(
         trust_remote_code: allow a Hub repo's own Python code to run (needed when its config.json has `auto_map`).
         device: "cpu", "cuda", or "auto" (transformers' `device_map="auto"`: GPUs first, spread if needed).
         dtype: "float32", "float16", "bfloat16", or "auto" (the dtype the weights were saved in).
+        max_input_tokens: read at most this many tokens of a document (default: all the model can read).
     """
     _check_choice("device", device, DEVICES)
     _check_choice("dtype", dtype, DTYPES)
@@ -257,7 +282,7 @@ def load_summarizer(
     else:
         source = resolve_model(model, revision=revision, trust_remote_code=trust_remote_code)
     _check_device(device)
-    return Summarizer(*_load_model_and_tokenizer(source, device, dtype))
+    return Summarizer(*_load_model_and_tokenizer(source, device, dtype), max_input_tokens=max_input_tokens)
 
 
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
@@ -300,14 +325,17 @@ def _load_model_and_tokenizer(source: ModelSource, device: str, dtype: str):
 class Summarizer:
     """Summarizes documents with a loaded encoder-decoder model and its tokenizer, calling `generate` directly."""
 
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase):
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, max_input_tokens: int | None = None):
         self.model = model
         self.tokenizer = tokenizer
-        self.max_input_tokens = _max_input_tokens(model.config, tokenizer)
+        self.max_input_tokens = _max_input_tokens(model.config, tokenizer, max_input_tokens)
         # What the tokenizer puts around every input (Pegasus: end-of-sequence after it).
         self._prefix, self._suffix = _special_tokens_around(tokenizer)
         self._special_tokens = len(self._prefix) + len(self._suffix)
         self._content_limit = self.max_input_tokens - self._special_tokens
+        if self._content_limit < 1:
+            raise SummarizeError(f"A maximum input length of {self.max_input_tokens} tokens leaves no room for text "
+                                 f"next to the tokenizer's {self._special_tokens} special token(s).")
         newline_id = tokenizer.convert_tokens_to_ids(NEWLINE_TOKEN)
         self._writes_newlines = newline_id not in (None, tokenizer.unk_token_id)
 
@@ -337,16 +365,35 @@ class Summarizer:
             for document in documents:
                 yield self._summarize_in_windows(document, batch_size, overlap, generate_kwargs)
         else:
-            for batch in _batches(documents, batch_size):
+            for batch in batches(documents, batch_size):
                 yield from self._summarize_batch(batch, generate_kwargs)
 
+    def encode(self, document: str) -> EncodedDocument:
+        """The document as the model reads it; raises SummarizeError if it is empty or only whitespace."""
+        tokens = self._tokens(document)
+        return EncodedDocument(self._model_input(tokens), len(tokens) + self._special_tokens, self._excess(tokens))
+
+    def summarize_encoded(
+        self, documents: Sequence[EncodedDocument], *, pad_to_multiple_of: int = 1, **generate_kwargs: Any
+    ) -> list[Summary]:
+        """Summarizes encoded documents in one `generate` call, their inputs right-padded to the longest one rounded
+        up to a multiple of `pad_to_multiple_of` tokens.
+
+        Block-sparse attention lays out its blocks over the padded length, so padding changes a summary: to get
+        the same summary whatever the batch, batch only documents whose padded lengths are equal.
+        """
+        return self._summarize_encoded(documents, self._generate_kwargs(generate_kwargs), pad_to_multiple_of)
+
     def _summarize_batch(self, documents: list[str], generate_kwargs: dict) -> list[Summary]:
+        return self._summarize_encoded([self.encode(document) for document in documents], generate_kwargs)
+
+    def _summarize_encoded(self, documents: Sequence[EncodedDocument], generate_kwargs: dict,
+                           pad_to_multiple_of: int = 1) -> list[Summary]:
         start = time.perf_counter()
-        tokens = [self._tokens(document) for document in documents]
-        texts = self._generate([self._model_input(ids) for ids in tokens], generate_kwargs)
+        texts = self._generate([document.model_input for document in documents], generate_kwargs, pad_to_multiple_of)
         seconds = (time.perf_counter() - start) / len(documents)
-        return [Summary(text, len(ids) + self._special_tokens, self._excess(ids), seconds=seconds)
-                for text, ids in zip(texts, tokens)]
+        return [Summary(text, document.input_tokens, document.truncated_tokens, seconds=seconds)
+                for text, document in zip(texts, documents)]
 
     def _summarize_in_windows(self, document: str, batch_size: int, overlap: int, generate_kwargs: dict) -> Summary:
         start = time.perf_counter()
@@ -356,7 +403,7 @@ class Summarizer:
             text = self._generate([self._model_input(tokens)], generate_kwargs)[0]
             return Summary(text, len(tokens) + self._special_tokens, seconds=time.perf_counter() - start)
         window_summaries = []
-        for batch in _batches(windows, batch_size):
+        for batch in batches(windows, batch_size):
             window_summaries += self._generate([self._model_input(window) for window in batch], generate_kwargs)
         joined_text = "\n".join(summary for summary in window_summaries if summary)
         joined = self._tokens(joined_text) if joined_text else []
@@ -390,10 +437,10 @@ class Summarizer:
                                  f"tokens, got {chunk_overlap}.")
         return chunk_overlap
 
-    def _generate(self, inputs: list[list[int]], generate_kwargs: dict) -> list[str]:
+    def _generate(self, inputs: list[list[int]], generate_kwargs: dict, pad_to_multiple_of: int = 1) -> list[str]:
         import torch
 
-        input_ids, attention_mask = _pad(inputs, self.tokenizer.pad_token_id or 0)
+        input_ids, attention_mask = _pad(inputs, self.tokenizer.pad_token_id or 0, pad_to_multiple_of)
         with torch.inference_mode():
             output_ids = self.model.generate(input_ids=input_ids.to(self.model.device),
                                              attention_mask=attention_mask.to(self.model.device), **generate_kwargs)
@@ -448,8 +495,9 @@ def _special_tokens_around(tokenizer) -> tuple[list[int], list[int]]:
                          "it cannot be used to summarize.")
 
 
-def _max_input_tokens(model_config, tokenizer) -> int:
-    """The longest input the model reads: the smaller of its position embeddings and the tokenizer's limit."""
+def _max_input_tokens(model_config, tokenizer, requested: int | None = None) -> int:
+    """The longest input the model reads: the smaller of its position embeddings and the tokenizer's limit, or the
+    `requested` length if that is shorter."""
     limits = [getattr(model_config, "max_position_embeddings", None)]
     if tokenizer.model_max_length < _UNSET_MODEL_MAX_LENGTH:
         limits.append(tokenizer.model_max_length)
@@ -457,10 +505,14 @@ def _max_input_tokens(model_config, tokenizer) -> int:
     if not limits:
         raise SummarizeError("Neither the model config (max_position_embeddings) nor the tokenizer "
                              "(model_max_length) says how long an input may be: set one of them.")
-    return min(limits)
+    if requested is not None and requested > min(limits):
+        raise SummarizeError(f"The model reads at most {min(limits)} tokens: a maximum input length of {requested} "
+                             "is too long.")
+    return min(limits) if requested is None else requested
 
 
-def _batches(items: Iterable, size: int) -> Iterator[list]:
+def batches(items: Iterable, size: int) -> Iterator[list]:
+    """Lists of `size` consecutive items (the last one may be shorter)."""
     batch = []
     for item in items:
         batch.append(item)
@@ -471,14 +523,19 @@ def _batches(items: Iterable, size: int) -> Iterator[list]:
         yield batch
 
 
-def _pad(sequences: list[list[int]], pad_id: int):
-    """Right-padded input ids and their attention mask."""
+def _pad(sequences: list[list[int]], pad_id: int, multiple: int = 1):
+    """Right-padded input ids and their attention mask, as wide as the longest sequence rounded up to `multiple`."""
     import torch
 
-    width = max(len(ids) for ids in sequences)
+    width = padded_length(max(len(ids) for ids in sequences), multiple)
     input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
     for row, ids in enumerate(sequences):
         input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         attention_mask[row, : len(ids)] = 1
     return input_ids, attention_mask
+
+
+def padded_length(length: int, multiple: int) -> int:
+    """`length` rounded up to a multiple of `multiple`."""
+    return -(-length // multiple) * multiple
