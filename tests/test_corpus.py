@@ -205,7 +205,7 @@ def wait_for_lines(part: Path, process: subprocess.Popen, lines: int) -> None:
 
 def test_killed_runs_resume_to_exactly_one_summary_per_id(model, tmp_path):
     """SIGTERM, then SIGKILL, then a torn line as a kill in the middle of a write leaves it: --resume completes the
-    corpus with the records of an uninterrupted run."""
+    corpus with the records of an uninterrupted run (and refuses other generation settings)."""
     rows = many_rows(150)
     corpus = write_jsonl(tmp_path / "many.jsonl", rows)
     output = tmp_path / "out.jsonl"
@@ -220,6 +220,10 @@ def test_killed_runs_resume_to_exactly_one_summary_per_id(model, tmp_path):
     assert not output.exists() and part.read_bytes().endswith(b"\n")
     done_before = part.read_bytes().count(b"\n")
     assert 5 <= done_before < len(rows)
+
+    other_settings = finish(start(Run(summarize_args(model, corpus, output, "--resume", "--max-length", "9"))))
+    assert_fails_clearly(other_settings, "had other settings (generate was {'max_length': 8", "--overwrite")
+    assert part.read_bytes().count(b"\n") == done_before
 
     second = start(Run(summarize_args(model, corpus, output, "--resume")))
     wait_for_lines(part, second, done_before + 5)

@@ -11,6 +11,7 @@ Needs the `corpus` extra (datasets, pyarrow).
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,8 +44,17 @@ class CorpusError(ValueError):
     """The corpus (or an output written for it) cannot be used; the message says what is wrong and what to do."""
 
 
+def require_corpus_extra(*modules: str) -> None:
+    """Fails clearly if a package of the `corpus` extra is not installed (without importing it)."""
+    missing = [module for module in ("datasets", "pyarrow", *modules) if importlib.util.find_spec(module) is None]
+    if missing:
+        raise CorpusError(f"This needs {', '.join(missing)}, of the corpus extra: pip install "
+                          "'bigbird-pegasus-hub[corpus]'.")
+
+
 def check_input_path(path: str | Path) -> Path:
     """The cheap checks of an input file, before anything is imported or loaded."""
+    require_corpus_extra()
     path = Path(path)
     if path.suffix.lower() not in INPUT_FORMATS:
         raise CorpusError(f"--input {path}: unknown format {path.suffix or '(no extension)'!r}: give a "

@@ -76,6 +76,7 @@ class CorpusReport:
 
     documents: int  # summarized by this run
     seconds: float  # from the first document to the last process's last one (model loading aside)
+    cpu_seconds: float  # CPU time of the processes over the same span, all threads (steadier on a busy machine)
     processes: int
     padding: PaddingStats
     truncated: int
@@ -102,6 +103,7 @@ class _ShareResult:
 
     documents: int = 0
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
     truncated: int = 0
     padding: PaddingStats = field(default_factory=PaddingStats)
 
@@ -129,7 +131,7 @@ def summarize_corpus(job: CorpusJob, source: ModelSource) -> CorpusReport | None
     try:
         with _termination_as_interrupt():
             if main:
-                store.prepare(index, resume=job.resume)
+                store.prepare(index, _settings(job, source), resume=job.resume)
             state.wait_for_everyone()
             todo = _todo_rows(store.done_rows(index), expected)
             state.wait_for_everyone()  # every process has read the parts before any appends to them
@@ -144,10 +146,21 @@ def summarize_corpus(job: CorpusJob, source: ModelSource) -> CorpusReport | None
             store.close()
     return CorpusReport(
         documents=sum(item.documents for item in shares), seconds=max(item.seconds for item in shares),
-        processes=state.num_processes,
+        cpu_seconds=sum(item.cpu_seconds for item in shares), processes=state.num_processes,
         padding=sum((item.padding for item in shares), PaddingStats()),
         truncated=sum(item.truncated for item in shares), written=written, skipped=len(index.empty_rows),
     )
+
+
+def _settings(job: CorpusJob, source: ModelSource) -> dict:
+    """What decides a summary, so that --resume refuses to mix summaries made otherwise (batch size, order, threads
+    and processes do not change a summary)."""
+    local = Path(source.location)
+    model = str(local.resolve()) if not source.revision and local.exists() else source.location
+    return {"model": model, "revision": source.revision, "dtype": job.dtype,
+            "max_input_tokens": job.max_input_tokens, "pad_to_multiple_of": job.pad_to_multiple_of, "chunk": job.chunk,
+            "chunk_overlap": job.chunk_overlap,
+            "generate": {key: value for key, value in sorted(job.generate_kwargs.items()) if value is not None}}
 
 
 def _rows_to_summarize(index: CorpusIndex, skip_empty: bool):
@@ -189,8 +202,10 @@ def _start_processes(job: CorpusJob):
     import torch
     from accelerate import PartialState
 
-    # Without CUDA (or with --device cpu), processes talk over gloo; accelerate needs to be told.
-    cpu = job.device == "cpu" or not torch.cuda.is_available()
+    # Without CUDA, with --device cpu or `accelerate launch --cpu`, processes talk over gloo; accelerate needs to be
+    # told (PartialState reads no flag from the environment).
+    cpu = job.device == "cpu" or not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in (
+        "1", "true", "yes")
     return PartialState(cpu=cpu, timeout=BARRIER_TIMEOUT)
 
 
@@ -258,7 +273,7 @@ def _summarize_share(job: CorpusJob, source: ModelSource, state, store: ResultSt
     multiple = job.pad_to_multiple_of or getattr(summarizer.model.config, "block_size", 1)
     documents = read_documents(job.input, job.text_column, job.id_column, rows)
     lengths_in_order = []
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     with store.writer(state.process_index) as write, _progress(len(rows), state.is_main_process and job.progress) \
             as bar:
         for batch in _summarized_batches(job, summarizer, documents, multiple, lengths_in_order, result.padding):
@@ -267,6 +282,7 @@ def _summarize_share(job: CorpusJob, source: ModelSource, state, store: ResultSt
             result.truncated += sum(summary.truncated for _, _, summary in batch)
             bar.update(len(batch))
     result.seconds = time.perf_counter() - started
+    result.cpu_seconds = time.process_time() - cpu_started
     if lengths_in_order:
         result.padding.add_input_order(lengths_in_order, job.batch_size, multiple)
     return result
@@ -276,7 +292,9 @@ def _load(job: CorpusJob, source: ModelSource, state):
     from .summarize import load_summarizer
 
     if state.num_processes == 1:
-        return load_summarizer(source, device=job.device, dtype=job.dtype, max_input_tokens=job.max_input_tokens)
+        # "auto": accelerate's choice (GPUs if any, the model spread over them with device_map="auto"; or the CPU)
+        device = "cpu" if job.device == "auto" and state.device.type == "cpu" else job.device
+        return load_summarizer(source, device=device, dtype=job.dtype, max_input_tokens=job.max_input_tokens)
     # One whole model per process, on the process's own device (not spread over all GPUs, as device "auto" would).
     summarizer = load_summarizer(source, device="cpu", dtype=job.dtype, max_input_tokens=job.max_input_tokens)
     summarizer.model.to(state.device)

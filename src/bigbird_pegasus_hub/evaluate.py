@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .corpus import EXAMPLES, CorpusError, check_input_path, read_columns
+from .corpus import EXAMPLES, CorpusError, check_input_path, read_columns, require_corpus_extra
 from .rouge import ROUGE_TYPES, bootstrap_intervals, document_scores, mean_scores
 
 __all__ = ["Evaluation", "evaluate_files", "read_pairs"]
@@ -86,6 +86,7 @@ def read_pairs(
     Raises:
         CorpusError: a file or column is missing, ids repeat, a text is missing, or the two files hold different ids.
     """
+    require_corpus_extra("rouge_score")
     check_input_path(predictions)
     if references is None or Path(references) == Path(predictions):
         table = read_columns(predictions, {"--prediction-column": prediction_column,

@@ -44,7 +44,8 @@ PART_GLOB = "part-*.jsonl"
 PREVIOUS_PART = "part-previous.jsonl"  # an existing output, copied in by --resume
 MERGE_TEMP = "merge.tmp"
 PARQUET_ROWS_PER_GROUP = 10_000
-CHECK_CHUNK_RECORDS = 100_000  # records checked against the corpus at once
+CHECK_CHUNK_RECORDS = 10_000  # records checked against the corpus at once
+RUN_FILE = "run.json"  # the settings of the run that the parts belong to
 
 
 def parts_folder(output: Path) -> Path:
@@ -85,15 +86,29 @@ class ResultStore:
 
     # -- main process: before the work -------------------------------------------------------------------------
 
-    def prepare(self, index: CorpusIndex, *, resume: bool) -> None:
-        """Locks the parts folder; starts it afresh, or for --resume copies an existing output into it."""
+    def prepare(self, index: CorpusIndex, settings: dict, *, resume: bool) -> None:
+        """Locks the parts folder and starts it afresh; or, for --resume, checks that its parts were made with the same
+        `settings` (what decides a summary: model, generation, input length, padding) and copies an existing output
+        into it, unless the interrupted run was to replace that output."""
         self.parts.mkdir(exist_ok=True)
         self._lock()
+        run_file = self.parts / RUN_FILE
         if not resume:
             for path in self.parts.iterdir():
                 path.unlink()
-        elif self.output is not None and self.output.exists():
-            self._import_output(index)
+            _write_json(run_file, {"settings": settings, "replaces_output": True})
+            return
+        run = json.loads(run_file.read_text(encoding="utf-8")) if run_file.exists() else None
+        if run is not None and run["settings"] != settings:
+            before = run["settings"]
+            changed = "; ".join(f"{key} was {before.get(key)!r}, now {settings.get(key)!r}"
+                                for key in sorted({*settings, *before}) if settings.get(key) != before.get(key))
+            raise CorpusError(f"The interrupted run of {self.output} had other settings ({changed}): resume it with the "
+                              "same model and options, or pass --overwrite to start again.")
+        if run is None or not run["replaces_output"]:
+            if self.output is not None and self.output.exists():
+                self._import_output(index)
+            _write_json(run_file, {"settings": settings, "replaces_output": False})
 
     def _lock(self) -> None:
         self._lock_fd = os.open(self.parts, os.O_RDONLY)
@@ -200,6 +215,11 @@ class ResultStore:
 
 def _line(record: dict) -> bytes:
     return (json.dumps(record, ensure_ascii=False) + "\n").encode()
+
+
+def _write_json(path: Path, content: dict) -> None:
+    with _atomic_file(path, path.with_name(path.name + ".tmp")) as file:
+        file.write(json.dumps(content, indent=1).encode())
 
 
 def _append(fd: int, data: bytes) -> None:
