@@ -187,7 +187,7 @@ def attend_middle_blocks(query, key, value, layout: BlockSparseLayout, token_mas
     context = query.new_empty(batch, heads, rows, block_size, head_dim)
     probs = query.new_empty(batch, heads, rows, block_size, layout.keys_per_row) if need_weights else None
     for inputs, tile in middle_tiles(layout, key):
-        tile_bias = bias[inputs if len(bias) > 1 else slice(None), :, tile].flatten(0, 1)
+        tile_bias = bias[inputs if bias.shape[0] > 1 else slice(None), :, tile].flatten(0, 1)
         tile_key, tile_value = gather_key_blocks((key, value), layout, inputs, tile)
         tile_context, tile_probs = attend(middle_query[inputs, :, tile].flatten(0, 1), tile_key, tile_value,
                                           tile_bias, need_weights=need_weights)
@@ -207,8 +207,8 @@ def middle_tiles(layout: BlockSparseLayout, key: torch.Tensor) -> list[tuple[sli
     gathered keys and values take about CPU_TILE_BYTES."""
     batch, heads, _, head_dim = key.shape
     rows = layout.num_blocks - 2
-    if key.device.type != "cpu":
-        return [(slice(0, batch), slice(0, rows))]
+    if key.device.type != "cpu" or torch.compiler.is_exporting():  # an exported graph keeps batch and length dynamic
+        return [(slice(None), slice(None))]
     row_bytes = 2 * heads * layout.keys_per_row * head_dim * key.element_size()  # gathered keys and values
     rows_per_tile = max(1, CPU_TILE_BYTES // row_bytes)
     if rows_per_tile >= rows:  # short inputs: whole inputs per tile
@@ -398,8 +398,12 @@ class BigBirdPegasusDecoderLayer(FeedForwardMixin, GradientCheckpointingLayer):
 
 def clamp_fp16_overflow(hidden_states):
     # fp16 activations of long inputs can overflow to inf; clamp them as the built-in model does.
-    if hidden_states.dtype == torch.float16 and not torch.isfinite(hidden_states).all():
-        limit = torch.finfo(hidden_states.dtype).max - 1000
+    if hidden_states.dtype != torch.float16:
+        return hidden_states
+    limit = torch.finfo(hidden_states.dtype).max - 1000
+    if torch.compiler.is_exporting():  # the same choice, made in the graph: no branch on data
+        return torch.where(torch.isfinite(hidden_states).all(), hidden_states, hidden_states.clamp(-limit, limit))
+    if not torch.isfinite(hidden_states).all():
         hidden_states = hidden_states.clamp(min=-limit, max=limit)
     return hidden_states
 
@@ -638,7 +642,19 @@ def resolve_output_flags(config, output_attentions, output_hidden_states, return
 def embed_inputs(embed_tokens, input_ids, inputs_embeds):
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
-    return embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+    if inputs_embeds is not None:
+        return inputs_embeds
+    # torch's own error for an id outside the vocabulary is a bare "index out of range". One min/max pass and one
+    # sync name the id; compiled and exported graphs skip the check (no data-dependent branch in them).
+    if input_ids.numel() and not (torch.compiler.is_compiling() or torch.jit.is_tracing() or input_ids.is_meta):
+        low, high = torch.stack(torch.aminmax(input_ids)).tolist()
+        if low < 0 or high >= embed_tokens.num_embeddings:
+            raise ValueError(
+                f"Token id {low if low < 0 else high} is outside the model's vocabulary of {embed_tokens.num_embeddings}"
+                f" ids (0 to {embed_tokens.num_embeddings - 1}): the inputs come from another tokenizer than the "
+                "model's, or hold padding such as -100 that must be replaced by the pad token id."
+            )
+    return embed_tokens(input_ids)
 
 
 def check_length(length: int, max_positions: int, what: str):
@@ -890,6 +906,8 @@ DECODING_ROWS = 8
 
 def vocabulary_logits(lm_head: nn.Linear, hidden_states: torch.Tensor) -> torch.Tensor:
     """lm_head(hidden_states), computed the fast way for the few rows of a CPU decoding step."""
+    if torch.compiler.is_exporting():  # the row count would become a constant of the exported graph
+        return lm_head(hidden_states)
     weight = lm_head.weight
     rows = hidden_states.shape[:-1].numel()
     fast = (rows <= DECODING_ROWS and weight.device.type == "cpu" and hidden_states.device == weight.device

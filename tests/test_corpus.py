@@ -16,16 +16,19 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from test_cli import Run, assert_fails_clearly, assert_succeeds, finish, run_side_by_side, start
+from tiny import tiny_config
 from tiny import tiny_repo as build_tiny_repo
 from transformers import AutoTokenizer
 
 from bigbird_pegasus_hub.batching import LengthBuckets, PaddingStats
-from bigbird_pegasus_hub.corpus_run import threads_per_process
-from bigbird_pegasus_hub.summarize import padded_length
+from bigbird_pegasus_hub.plugin.modeling_bigbird_pegasus import BigBirdPegasusForConditionalGeneration
+from bigbird_pegasus_hub.summarize import SINGLE_THREAD_MAX_WIDTH, cpu_threads, padded_length, set_cpu_threads
 from bigbird_pegasus_hub.tokenizer import bundled_corpus_path
 
 BLOCK = 16  # tests/tiny.py
@@ -35,6 +38,8 @@ GROUP_WORDS = (30, 110, 240, 420)  # the groups' passages: full attention, then 
 BAD_INPUT_CASES = ("missing-column", "missing-id-column", "no-text-column", "duplicate-ids", "empty-text",
                    "unreadable-parquet", "torn-jsonl", "unknown-format", "output-exists", "resume-and-overwrite",
                    "output-without-input", "files-and-input", "bad-output-format")
+TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+            "bigbird_pegasus_hub.cli")
 REPORT = re.compile(r"Summarized (\d+) document\(s\) in .* on (\d+) process\(es\).*padding ([\d.]+)% of the input "
                     r"tokens \(batches in input order: ([\d.]+)%\) in (\d+) batches")
 
@@ -123,8 +128,6 @@ def corpus(tmp_path_factory, tokenizer_dir) -> dict[str, Path]:
 def runs(model, corpus) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
     """The runs that load the model, side by side: (the output each was asked to write, its result)."""
     out = corpus["folder"]
-    torchrun = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
-                "bigbird_pegasus_hub.cli")
     outputs = {"one_by_one": out / "one.jsonl", "sorted": out / "sorted.jsonl", "parquet": out / "sorted.parquet",
                "torchrun": out / "two.jsonl", "skip_empty": out / "skipped.jsonl"}
     results = run_side_by_side({
@@ -132,7 +135,7 @@ def runs(model, corpus) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
         "sorted": Run(summarize_args(model, corpus["jsonl"], outputs["sorted"], "--batch-size", "4")),
         "parquet": Run(summarize_args(model, corpus["parquet"], outputs["parquet"], "--batch-size", "4")),
         "torchrun": Run(summarize_args(model, corpus["jsonl"], outputs["torchrun"], "--batch-size", "4"),
-                        program=torchrun),
+                        program=TORCHRUN),
         "skip_empty": Run(summarize_args(model, corpus["with_empty"], outputs["skip_empty"], "--skip-empty")),
     })
     return {name: (outputs[name], results[name]) for name in outputs}
@@ -203,34 +206,55 @@ def wait_for_lines(part: Path, process: subprocess.Popen, lines: int) -> None:
     raise AssertionError(f"the run ended (or stalled) before writing {lines} lines:\n{finish(process).stderr}")
 
 
+def saved_lines(parts: Path) -> int:
+    return sum(part.read_bytes().count(b"\n") for part in parts.glob("part-rank*.jsonl"))
+
+
+def worker_of_rank(launcher: subprocess.Popen, rank: int) -> psutil.Process:
+    for child in psutil.Process(launcher.pid).children(recursive=True):
+        try:
+            if child.environ().get("RANK") == str(rank):
+                return child
+        except psutil.Error:  # a helper process that ended meanwhile
+            continue
+    raise AssertionError(f"torchrun has no worker of rank {rank}")
+
+
 def test_killed_runs_resume_to_exactly_one_summary_per_id(model, tmp_path):
-    """SIGTERM, then SIGKILL, then a torn line as a kill in the middle of a write leaves it: --resume completes the
-    corpus with the records of an uninterrupted run (and refuses other generation settings)."""
+    """SIGTERM to one process; then, under torchrun, SIGKILL to one rank (torchrun stops the other with SIGTERM);
+    then a torn line as a kill in the middle of a write leaves it: --resume completes the corpus with the records of
+    an uninterrupted run, and refuses other generation settings."""
     rows = many_rows(150)
     corpus = write_jsonl(tmp_path / "many.jsonl", rows)
     output = tmp_path / "out.jsonl"
-    part = tmp_path / "out.jsonl.parts" / "part-rank00000.jsonl"
+    parts = tmp_path / "out.jsonl.parts"
+    part = parts / "part-rank00000.jsonl"
     uninterrupted = start(Run(summarize_args(model, corpus, tmp_path / "reference.jsonl", "--batch-size", "8")))
 
     first = start(Run(summarize_args(model, corpus, output)))
     wait_for_lines(part, first, 5)
     first.send_signal(signal.SIGTERM)
     stopped = finish(first)
-    assert stopped.returncode == 130 and "interrupted" in stopped.stderr and "Traceback" not in stopped.stderr
+    assert stopped.returncode == 128 + signal.SIGTERM and "stopped by SIGTERM" in stopped.stderr
+    assert "Traceback" not in stopped.stderr
     assert not output.exists() and part.read_bytes().endswith(b"\n")
-    done_before = part.read_bytes().count(b"\n")
+    done_before = saved_lines(parts)
     assert 5 <= done_before < len(rows)
 
     other_settings = finish(start(Run(summarize_args(model, corpus, output, "--resume", "--max-length", "9"))))
     assert_fails_clearly(other_settings, "had other settings (generate was {'max_length': 8", "--overwrite")
-    assert part.read_bytes().count(b"\n") == done_before
+    assert saved_lines(parts) == done_before
 
-    second = start(Run(summarize_args(model, corpus, output, "--resume")))
-    wait_for_lines(part, second, done_before + 5)
-    second.send_signal(signal.SIGKILL)
-    assert finish(second).returncode == -signal.SIGKILL and not output.exists()
-    with open(part, "ab") as file:
+    second = start(Run(summarize_args(model, corpus, output, "--resume"), program=TORCHRUN))
+    rank_1_part = parts / "part-rank00001.jsonl"
+    wait_for_lines(rank_1_part, second, 3)
+    worker_of_rank(second, 1).kill()
+    assert finish(second).returncode != 0 and not output.exists()
+    assert part.read_bytes().endswith(b"\n")  # rank 0, stopped by torchrun's SIGTERM, left whole lines
+    with open(rank_1_part, "ab") as file:
         file.write(b'{"row": 149, "id": "doc-149", "summ')  # the start of a line that a kill cut short
+    done_before_last = saved_lines(parts)
+    assert done_before_last >= done_before + 3
 
     resumed = finish(start(Run(summarize_args(model, corpus, output, "--resume"))))
     assert_succeeds(resumed)
@@ -239,9 +263,8 @@ def test_killed_runs_resume_to_exactly_one_summary_per_id(model, tmp_path):
     reference = finish(uninterrupted)
     assert_succeeds(reference)
     assert without_seconds(records) == without_seconds(read_jsonl(tmp_path / "reference.jsonl"))
-    assert not part.parent.exists()
-    summarized = int(report(resumed.stderr).group(1))
-    assert summarized < len(rows) - done_before  # the resumed run skipped what the killed ones had saved
+    assert not parts.exists()
+    assert int(report(resumed.stderr).group(1)) == len(rows) - done_before_last  # only what no run had saved
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -322,12 +345,20 @@ def test_padding_stats_compare_with_input_order_batches():
     assert stats.input_order_padding == (2 * 112 - 116) + (2 * 96 - 106)
 
 
-def test_threads_are_shared_out_between_the_processes_of_a_machine(monkeypatch):
-    monkeypatch.setattr("bigbird_pegasus_hub.corpus_run.available_cores", lambda: 16)
-    assert threads_per_process(None, 1) is None  # one process: torch's default
-    assert threads_per_process(None, 4) == 4
-    assert threads_per_process(None, 32) == 1
-    assert threads_per_process(3, 4) == 3  # --threads wins
+def test_threads_are_shared_out_between_the_processes_of_a_machine(model, monkeypatch):
+    monkeypatch.setattr("bigbird_pegasus_hub.summarize.available_cores", lambda: 16)
+    wide = BigBirdPegasusForConditionalGeneration(tiny_config(d_model=SINGLE_THREAD_MAX_WIDTH * 2, vocab_size=128))
+    assert cpu_threads(wide) is None  # one process: torch's default, one thread per core
+    assert cpu_threads(wide, processes=4) == 4
+    assert cpu_threads(wide, processes=32) == 1
+    narrow = BigBirdPegasusForConditionalGeneration.from_pretrained(model)
+    assert cpu_threads(narrow, processes=4) == 1  # narrow models generate on one thread in any case
+    previous = torch.get_num_threads()
+    try:
+        assert set_cpu_threads(wide, processes=4) == 4
+        assert set_cpu_threads(wide, 3, processes=4) == 3  # --threads wins
+    finally:
+        torch.set_num_threads(previous)
 
 
 def test_summarize_help_shows_the_corpus_options():

@@ -18,22 +18,20 @@ its part holds whole lines only, and --resume continues where it stopped.
 from __future__ import annotations
 
 import os
-import signal
 import sys
-import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from .atomic import exit_on_termination
 from .batching import LengthBuckets, PaddingStats, input_order_batches
 from .corpus import CorpusError, CorpusIndex, check_input_path, read_documents, scan_corpus
 from .results import ResultStore, check_output_options
-from .summarize import ModelSource
+from .summarize import ModelSource, set_cpu_threads
 
-__all__ = ["CorpusJob", "CorpusReport", "summarize_corpus", "threads_per_process"]
+__all__ = ["CorpusJob", "CorpusReport", "scan_job", "summarize_corpus"]
 
 # Processes that finish their share wait for the others at a barrier; a share can take hours longer than another.
 BARRIER_TIMEOUT = timedelta(days=2)
@@ -108,16 +106,28 @@ class _ShareResult:
     padding: PaddingStats = field(default_factory=PaddingStats)
 
 
-def summarize_corpus(job: CorpusJob, source: ModelSource) -> CorpusReport | None:
-    """Summarizes the rows of `job.input` that have no summary yet; returns the report on the main process (None on
-    the others).
+def scan_job(job: CorpusJob) -> CorpusIndex:
+    """The cheap checks of the job, then one pass over the corpus that checks its columns, ids and texts.
 
     Raises:
-        CorpusError: bad input (missing column, repeated ids, empty texts without skip_empty, unreadable file), an
-            output that belongs to another corpus, or rows left without a summary.
+        CorpusError: bad input (missing column, repeated ids, empty texts without skip_empty, unreadable file).
     """
     job.check()
     index = scan_corpus(job.input, job.text_column, job.id_column)
+    _rows_to_summarize(index, job.skip_empty)
+    return index
+
+
+def summarize_corpus(job: CorpusJob, source: ModelSource, index: CorpusIndex | None = None) -> CorpusReport | None:
+    """Summarizes the rows of `job.input` that have no summary yet; returns the report on the main process (None on
+    the others). `index`: what `scan_job(job)` returned, if the caller scanned already.
+
+    Raises:
+        CorpusError: bad input (see `scan_job`), an output that belongs to another corpus, or rows left without a
+            summary.
+    """
+    if index is None:
+        index = scan_job(job)
     expected = _rows_to_summarize(index, job.skip_empty)
     state = _start_processes(job)
     main = state.is_main_process
@@ -126,10 +136,9 @@ def summarize_corpus(job: CorpusJob, source: ModelSource) -> CorpusReport | None
     if main and len(index.empty_rows) and job.skip_empty:
         print(f"warning: skipping {len(index.empty_rows)} row(s) with an empty text (ids "
               f"{index.example_ids(index.empty_rows)}): they get no summary.", file=sys.stderr)
-    _set_threads(job.threads, state.num_processes)
     store = ResultStore(job.output)
     try:
-        with _termination_as_interrupt():
+        with exit_on_termination():
             if main:
                 store.prepare(index, _settings(job, source), resume=job.resume)
             state.wait_for_everyone()
@@ -209,50 +218,6 @@ def _start_processes(job: CorpusJob):
     return PartialState(cpu=cpu, timeout=BARRIER_TIMEOUT)
 
 
-def threads_per_process(requested: int | None, local_processes: int) -> int | None:
-    """Threads for each process: as asked; else the cores shared out when several processes share a machine, so that
-    they do not oversubscribe it; else None (torch's default, all cores)."""
-    if requested is not None:
-        return requested
-    if local_processes <= 1:
-        return None
-    return max(1, available_cores() // local_processes)
-
-
-def available_cores() -> int:
-    """Physical cores this process may run on (accelerate shares out physical cores too)."""
-    import psutil
-
-    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(allowed, psutil.cpu_count(logical=False) or allowed))
-
-
-def _set_threads(requested: int | None, processes: int) -> None:
-    import torch
-
-    # torchrun and accelerate launch set OMP_NUM_THREADS=1 for every process; we share out the cores instead.
-    threads = threads_per_process(requested, int(os.environ.get("LOCAL_WORLD_SIZE", processes)))
-    if threads is not None:
-        torch.set_num_threads(threads)
-
-
-@contextmanager
-def _termination_as_interrupt():
-    """SIGTERM raises KeyboardInterrupt, so that it stops the run as cleanly as Ctrl-C (temporary files removed)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _gather(state, share: _ShareResult) -> list[_ShareResult]:
     if state.num_processes == 1:
         return [share]
@@ -289,15 +254,19 @@ def _summarize_share(job: CorpusJob, source: ModelSource, state, store: ResultSt
 
 
 def _load(job: CorpusJob, source: ModelSource, state):
+    """The model on this process's device, with threads for its share of the machine's cores."""
     from .summarize import load_summarizer
 
     if state.num_processes == 1:
         # "auto": accelerate's choice (GPUs if any, the model spread over them with device_map="auto"; or the CPU)
         device = "cpu" if job.device == "auto" and state.device.type == "cpu" else job.device
-        return load_summarizer(source, device=device, dtype=job.dtype, max_input_tokens=job.max_input_tokens)
-    # One whole model per process, on the process's own device (not spread over all GPUs, as device "auto" would).
-    summarizer = load_summarizer(source, device="cpu", dtype=job.dtype, max_input_tokens=job.max_input_tokens)
-    summarizer.model.to(state.device)
+        summarizer = load_summarizer(source, device=device, dtype=job.dtype, max_input_tokens=job.max_input_tokens)
+    else:
+        # One whole model per process, on the process's own device (not spread over all GPUs, as "auto" would).
+        summarizer = load_summarizer(source, device="cpu", dtype=job.dtype, max_input_tokens=job.max_input_tokens)
+        summarizer.model.to(state.device)
+    # torchrun and accelerate launch set OMP_NUM_THREADS=1 in every process; the cores are shared out instead.
+    set_cpu_threads(summarizer.model, job.threads, int(os.environ.get("LOCAL_WORLD_SIZE", state.num_processes)))
     return summarizer
 
 

@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from .atomic import atomic_output_file
 from .corpus import EXAMPLES, CorpusError, check_input_path, read_columns, require_corpus_extra
 from .rouge import ROUGE_TYPES, bootstrap_intervals, document_scores, mean_scores
 
@@ -140,13 +141,8 @@ def _check_same_ids(predicted: dict, referenced: dict, predictions: Path, refere
                       "same documents (and give --id-column if the ids are in another column).")
 
 
-def write_json(evaluation: Evaluation, path: Path) -> None:
-    """Writes the evaluation as JSON, atomically."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    try:
-        temporary.write_text(json.dumps(evaluation.to_json(), indent=2, ensure_ascii=False, allow_nan=False) + "\n",
-                             encoding="utf-8")
-        temporary.replace(path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
+def write_json(evaluation: Evaluation, path: Path, *, overwrite: bool = False) -> None:
+    """Writes the evaluation as JSON, atomically (`atomic.atomic_output_file`)."""
+    text = json.dumps(evaluation.to_json(), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    with atomic_output_file(path, overwrite=overwrite) as temporary:
+        temporary.write_text(text, encoding="utf-8")

@@ -1,12 +1,12 @@
 """Where the summaries of a corpus go, and how an interrupted run resumes.
 
 On disk, next to the output FILE, the folder FILE.parts/ holds one append-only JSON Lines file per process
-(`part-rank00000.jsonl`, ...). A process appends each finished batch as whole lines and fsyncs them, with SIGINT and
-SIGTERM held back during the write, so a part ends inside a line only if its process was killed outright (SIGKILL,
+(`part-rank00000.jsonl`, ...). A process appends each finished batch as whole lines and fsyncs them, with SIGINT,
+SIGTERM and SIGHUP held back during the write, so a part ends inside a line only if its process was killed outright (SIGKILL,
 power loss); such a torn last line is ignored when parts are read, and cut off before its owner appends again. Every
 line carries its row number, so the order in which batches and processes finish does not matter. When all processes
-are done, the main process merges the parts in input order into FILE (JSONL or Parquet): a temporary file in the parts
-folder, fsynced, renamed over FILE, after which the parts are removed. At any moment FILE is either absent, the old
+are done, the main process merges the parts in input order into FILE (JSONL or Parquet) through `atomic.atomic_output_file`
+(a temporary file beside FILE, fsynced, renamed over it), after which the parts are removed. At any moment FILE is either absent, the old
 complete output, or the new complete output.
 
 `--resume` reads the parts (and an existing FILE, copied into a part first) and summarizes only the rows that have no
@@ -28,6 +28,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .atomic import TERMINATING_SIGNALS, atomic_output_file, check_output_path
 from .corpus import CorpusError, CorpusIndex
 from .summarize import batches
 
@@ -42,7 +43,6 @@ RECORD_FIELDS = ("id", "summary", "input_tokens", "truncated", "truncated_tokens
 PARTS_SUFFIX = ".parts"
 PART_GLOB = "part-*.jsonl"
 PREVIOUS_PART = "part-previous.jsonl"  # an existing output, copied in by --resume
-MERGE_TEMP = "merge.tmp"
 PARQUET_ROWS_PER_GROUP = 10_000
 CHECK_CHUNK_RECORDS = 10_000  # records checked against the corpus at once
 RUN_FILE = "run.json"  # the settings of the run that the parts belong to
@@ -62,10 +62,7 @@ def check_output_options(output: Path | None, resume: bool, overwrite: bool) -> 
         return
     if output.suffix.lower() not in OUTPUT_FORMATS:
         raise CorpusError(f"--output {output}: write a .jsonl or .parquet file.")
-    if not output.parent.is_dir():
-        raise CorpusError(f"--output {output}: the folder {output.parent} does not exist.")
-    if output.is_dir():
-        raise CorpusError(f"--output {output} is a folder: give a file name.")
+    check_output_path(output, overwrite=True, folder=False)  # its parents can be folders; it is a file if it exists
     if resume or overwrite:
         return
     if output.exists():
@@ -90,7 +87,7 @@ class ResultStore:
         """Locks the parts folder and starts it afresh; or, for --resume, checks that its parts were made with the same
         `settings` (what decides a summary: model, generation, input length, padding) and copies an existing output
         into it, unless the interrupted run was to replace that output."""
-        self.parts.mkdir(exist_ok=True)
+        self.parts.mkdir(parents=True, exist_ok=True)
         self._lock()
         run_file = self.parts / RUN_FILE
         if not resume:
@@ -134,8 +131,8 @@ class ResultStore:
                               f"{ids[int((rows < 0).argmax())]!r}): it belongs to another corpus; choose another "
                               "--output or pass --overwrite.")
         lines = (_line({"row": int(row), **record}) for row, record in zip(rows, _output_records(self.output)))
-        previous = self.parts / PREVIOUS_PART
-        with _atomic_file(previous, previous.with_name(previous.name + ".tmp")) as file:
+        with atomic_output_file(self.parts / PREVIOUS_PART, overwrite=True) as temporary, \
+                open(temporary, "wb") as file:
             file.writelines(lines)
 
     # -- every process ---------------------------------------------------------------------------------------
@@ -183,7 +180,7 @@ class ResultStore:
                 sys.stdout.write(_line(record).decode())
             sys.stdout.flush()
         else:
-            _write_output(self.output, records, self.parts / MERGE_TEMP, id_type)
+            _write_output(self.output, records, id_type)
             shutil.rmtree(self.parts, ignore_errors=True)
         return len(rows)
 
@@ -218,13 +215,14 @@ def _line(record: dict) -> bytes:
 
 
 def _write_json(path: Path, content: dict) -> None:
-    with _atomic_file(path, path.with_name(path.name + ".tmp")) as file:
-        file.write(json.dumps(content, indent=1).encode())
+    with atomic_output_file(path, overwrite=True) as temporary:
+        temporary.write_text(json.dumps(content, indent=1), encoding="utf-8")
 
 
 def _append(fd: int, data: bytes) -> None:
-    """Writes all of `data` and fsyncs it, holding SIGINT/SIGTERM back meanwhile so that they cannot cut a line."""
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    """Writes all of `data` and fsyncs it, holding SIGINT, SIGTERM and SIGHUP back meanwhile so that they cannot cut
+    a line."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, *TERMINATING_SIGNALS})
     try:
         view = memoryview(data)
         while view:
@@ -309,12 +307,14 @@ def _checked_records(records, output: Path) -> Iterator[dict]:
         yield {name: record.get(name) for name in RECORD_FIELDS}
 
 
-def _write_output(output: Path, records: Iterator[dict], temporary: Path, id_type) -> None:
-    with _atomic_file(output, temporary) as file:
+def _write_output(output: Path, records: Iterator[dict], id_type) -> None:
+    with atomic_output_file(output, overwrite=True) as temporary, open(temporary, "wb") as file:
         if output.suffix.lower() == ".parquet":
             _write_parquet(file, records, id_type)
         else:
             file.writelines(_line(record) for record in records)
+        file.flush()
+        os.fsync(file.fileno())
 
 
 def _write_parquet(file, records: Iterator[dict], id_type) -> None:
@@ -333,22 +333,3 @@ def _write_parquet(file, records: Iterator[dict], id_type) -> None:
                 chunk = []
         if chunk:
             writer.write_table(pa.Table.from_pylist(chunk, schema=schema))
-
-
-@contextmanager
-def _atomic_file(final: Path, temporary: Path):
-    """A binary file written at `temporary` (on the file system of `final`), fsynced and renamed to `final` only if
-    the block completes; removed otherwise (SIGTERM arrives here as KeyboardInterrupt, see corpus_run)."""
-    try:
-        with open(temporary, "wb") as file:
-            yield file
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, final)
-        directory = os.open(final.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
-    finally:
-        temporary.unlink(missing_ok=True)
