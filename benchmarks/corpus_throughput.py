@@ -135,16 +135,16 @@ def main(argv=None) -> int:
                 reports[model, mode], summaries[model, mode] = report, texts
                 print(f"round {round_ + 1}: {model} {mode}: {cpu_times[model, mode][-1]:.3f} documents/CPU-s, "
                       f"{times[model, mode][-1]:.3f} documents/s", file=sys.stderr)
-    table = markdown(args, lengths, models, times, cpu_times, reports, summaries)
+        table = markdown(args, lengths, models, times, cpu_times, reports, summaries, rounds=round_ + 1)
+        if args.markdown:  # after every round: a long run stopped early still leaves its table
+            args.markdown.write_text(table + "\n", encoding="utf-8")
     print(table)
-    if args.markdown:
-        args.markdown.write_text(table + "\n", encoding="utf-8")
     return 0
 
 
-def markdown(args, lengths, models, times, cpu_times, reports, summaries) -> str:
+def markdown(args, lengths, models, times, cpu_times, reports, summaries, rounds: int) -> str:
     setup = (f"{args.documents} documents of {min(lengths)}-{max(lengths)} tokens (mean {statistics.mean(lengths):.0f}) "
-             f"in shuffled order, batch size {args.batch_size}, {args.threads} thread(s), medians of {args.repeats} "
+             f"in shuffled order, batch size {args.batch_size}, {args.threads} thread(s), medians of {rounds} "
              f"interleaved rounds; {datetime.date.today()}, {platform.machine()}, torch {torch.__version__}, "
              f"transformers {transformers.__version__}.")
     header = ("| model | batching | documents / CPU-s | × input order | documents/s (wall) | padding | batches | "

@@ -46,7 +46,15 @@ def files(tmp_path_factory) -> dict[str, Path]:
     references = [{"id": id_, "abstract": text} for id_, text in reversed(REFERENCES.items())]  # another order
     both = [{"summary": PREDICTIONS[id_], "abstract": REFERENCES[id_]} for id_ in PREDICTIONS]  # ids: row numbers
     other_ids = [{"id": id_ if id_ != "d" else "e", "abstract": text} for id_, text in REFERENCES.items()]
+    repeated = predictions + [{"id": "b", "summary": "Another summary of b."}]
+    broken = folder / "broken.parquet"
+    broken.write_bytes(b"PAR1" + b"\0" * 100)  # a Parquet header and nothing of the rest
+    existing = folder / "existing.json"
+    existing.write_text("{}\n", encoding="utf-8")
     return {
+        "repeated": write_jsonl(folder / "repeated.jsonl", repeated),
+        "broken": broken,
+        "existing": existing,
         "predictions": write_jsonl(folder / "predictions.jsonl", predictions),
         "references": write_jsonl(folder / "references.jsonl", references),
         "both": write_jsonl(folder / "both.jsonl", both),
@@ -69,6 +77,11 @@ def evaluations(files) -> dict:
                                files["references"])),
         "per_document_without_output": Run(("evaluate", "--predictions", files["both"], "--reference-column",
                                             "abstract", "--per-document")),
+        "repeated_ids": Run(("evaluate", "--predictions", files["repeated"], "--references", files["references"],
+                             *common, "--output", folder / "never.json")),
+        "unreadable": Run(("evaluate", "--predictions", files["broken"], "--references", files["references"],
+                           *common, "--output", folder / "never.json")),
+        "existing_output": Run(("evaluate", "--predictions", files["both"], *common, "--output", files["existing"])),
     })
 
 
@@ -108,6 +121,22 @@ def test_different_ids_are_one_clear_line(evaluations, files):
 def test_missing_reference_column_lists_the_columns(evaluations):
     assert_fails_clearly(evaluations["missing_column"], "has no column 'reference' (--reference-column)",
                          "'id', 'abstract'")
+
+
+def test_repeated_ids_are_one_clear_line(evaluations, files):
+    assert_fails_clearly(evaluations["repeated_ids"], "repeated.jsonl repeats 1 id(s) in column 'id' (e.g. 'b')")
+    assert not (files["folder"] / "never.json").exists()
+
+
+def test_an_unreadable_parquet_file_is_one_clear_line(evaluations, files):
+    assert_fails_clearly(evaluations["unreadable"], "broken.parquet cannot be read as PARQUET")
+    assert not (files["folder"] / "never.json").exists()
+
+
+def test_an_existing_output_is_kept_without_overwrite(evaluations, files):
+    assert_fails_clearly(evaluations["existing_output"], "existing.json already exists", "--overwrite")
+    assert files["existing"].read_text(encoding="utf-8") == "{}\n"
+    assert sorted(path.name for path in files["folder"].iterdir() if path.name.startswith(".")) == []
 
 
 def test_per_document_scores_need_an_output_file(evaluations):
