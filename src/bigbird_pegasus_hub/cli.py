@@ -117,7 +117,7 @@ def build_parser() -> ArgumentParser:
     common = ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true",
                         help="on an error, also print its traceback; show the libraries' warnings")
-    for add_command in (add_summarize, add_convert_tf, add_upgrade, add_build, add_push, add_finetune,
+    for add_command in (add_summarize, add_evaluate, add_convert_tf, add_upgrade, add_build, add_push, add_finetune,
                         add_export_onnx):
         add_command(commands, common)
     return parser
@@ -189,9 +189,16 @@ Longer documents are cut, with a warning that says how many tokens were dropped.
 a document into overlapping windows of that length, summarizes each window, then summarizes the joined
 window summaries: a document of k windows costs k + 1 generate calls instead of one.
 
+A corpus: --input FILE.jsonl|.csv|.parquet --text-column COL summarizes every row of a dataset file (streamed,
+so it may have millions of rows) into --output FILE.jsonl|.parquet: id, summary, input_tokens, truncated,
+truncated_tokens, windows and seconds per row, in input order. Documents are batched with others of the same
+padded length (so a summary does not depend on its batch), finished batches are saved as they come, and --resume
+completes an interrupted run. Under `accelerate launch` or `torchrun`, every process summarizes its share on its own
+device and the main process merges the shares. Needs the corpus extra.
+
 CPU threads: a model at most {SINGLE_THREAD_MAX_WIDTH} wide (d_model), such as the demo model, runs on one
-thread, which is faster for its small matrix products; wider ones use torch's default (one per core).
---threads sets the number."""
+thread, which is faster for its small matrix products; wider ones use torch's default (one per core), or the
+cores shared out between the processes of `accelerate launch` / `torchrun`. --threads sets the number."""
 
 DEMO_MODEL_NOTICE = (f"{PROG} summarize: note: no --model given: this is the bundled demo model, which copies a "
                      f"document's lead and does not summarize (`{PROG} summarize --help` says how to get a real one).")
@@ -208,7 +215,11 @@ def add_summarize(commands, common):
             "summarize --model ./my-repo < article.txt",
             "summarize --format jsonl --batch-size 4 papers/*.txt > summaries.jsonl",
             "summarize --model my-user/my-model --trust-remote-code --revision 3f2c1a7 --device cuda paper.txt",
-        ),
+            "summarize --input papers.parquet --text-column article --id-column id --output summaries.jsonl "
+            "--batch-size 8",
+            "summarize --input papers.parquet --text-column article --output summaries.jsonl --resume",
+        ) + "\n  accelerate launch --num_processes 4 -m bigbird_pegasus_hub.cli summarize --input papers.parquet "
+            "--text-column article --output summaries.parquet",
     )
     parser.add_argument("files", nargs="*", metavar="FILE", help="UTF-8 text files (default: standard input)")
     model = parser.add_argument_group("model")
@@ -223,8 +234,8 @@ def add_summarize(commands, common):
     model.add_argument("--dtype", choices=DTYPES, default="auto",
                        help="weight precision; auto: as saved (default: auto)")
     model.add_argument("--threads", type=positive_int, metavar="N",
-                       help=f"CPU threads (default: 1 for a model at most {SINGLE_THREAD_MAX_WIDTH} wide, else one per "
-                            "core)")
+                       help=f"CPU threads per process (default: 1 for a model at most {SINGLE_THREAD_MAX_WIDTH} "
+                            "wide, else one per core, shared out between the processes of a multi-process run)")
     generation = parser.add_argument_group("generation")
     generation.add_argument("--num-beams", type=positive_int, metavar="N",
                             help="beam search width (default: the model's generation config)")
@@ -237,6 +248,26 @@ def add_summarize(commands, common):
                                  "(k windows: k + 1 generate calls)")
     generation.add_argument("--chunk-overlap", type=non_negative_int, metavar="TOKENS",
                             help="tokens shared by consecutive windows (default: an eighth of a window)")
+    generation.add_argument("--max-input-tokens", type=positive_int, metavar="TOKENS",
+                            help="read at most this many tokens of a document (default: all the model reads; the "
+                                 "paper used 3072 for arXiv and PubMed)")
+    corpus = parser.add_argument_group("corpus (instead of FILEs)")
+    corpus.add_argument("--input", metavar="DATASET", help="a .jsonl, .csv or .parquet file, one document per row")
+    corpus.add_argument("--text-column", metavar="COLUMN", help="the column with the documents (needed with --input)")
+    corpus.add_argument("--id-column", metavar="COLUMN",
+                        help="a column of unique document ids (default: the row number, from 0)")
+    corpus.add_argument("--output", metavar="FILE",
+                        help="a .jsonl or .parquet file, written atomically at the end (default: JSON Lines on stdout)")
+    corpus.add_argument("--resume", action="store_true",
+                        help="summarize only the rows that --output (or the parts of an interrupted run) lacks")
+    corpus.add_argument("--overwrite", action="store_true", help="replace --output and an interrupted run's parts")
+    corpus.add_argument("--skip-empty", action="store_true",
+                        help="leave rows with an empty text without a summary, with a warning (default: stop "
+                             "before summarizing, naming them)")
+    corpus.add_argument("--pad-to-multiple-of", type=positive_int, metavar="TOKENS",
+                        help="pad inputs to a multiple of TOKENS and batch documents of equal padded length "
+                             "(default: the model's block size, which leaves each summary as the document gets "
+                             "alone; the original evaluation padded every input to 3072)")
     parser.add_argument("--format", choices=("text", "jsonl"), default="text",
                         help="text: the summaries; jsonl: one JSON object per file with its summary, input tokens, "
                              "truncation and seconds (default: text)")
@@ -255,17 +286,19 @@ class Document:
 def run_summarize(args) -> int:
     if args.chunk_overlap is not None and not args.chunk:
         raise CommandError("--chunk-overlap only applies with --chunk: add --chunk, or drop --chunk-overlap.")
+    if check_corpus_options(args):
+        return run_summarize_corpus(args)
     documents = read_documents(args.files)
     quiet_library_warnings(args.debug)
-    from .summarize import cpu_threads, load_summarizer, resolve_model
+    from .summarize import load_summarizer, resolve_model, set_cpu_threads
 
     # First the cheap checks of the model (folder, Hub repo, remote code), then the imports and the loading.
     source = resolve_model(args.model, revision=args.revision, trust_remote_code=args.trust_remote_code)
     if args.model is None:
         print(DEMO_MODEL_NOTICE, file=sys.stderr)
     hide_weight_loading_bar()
-    summarizer = load_summarizer(source, device=args.device, dtype=args.dtype)
-    set_cpu_threads(args.threads or cpu_threads(summarizer.model))
+    summarizer = load_summarizer(source, device=args.device, dtype=args.dtype, max_input_tokens=args.max_input_tokens)
+    set_cpu_threads(summarizer.model, args.threads)
     summaries = summarizer.summarize(
         (document.text for document in documents), batch_size=args.batch_size, chunk=args.chunk,
         chunk_overlap=args.chunk_overlap, num_beams=args.num_beams, max_length=args.max_length,
@@ -283,11 +316,45 @@ def run_summarize(args) -> int:
     return 0
 
 
-def set_cpu_threads(threads: int | None) -> None:
-    if threads is not None:
-        import torch
+CORPUS_OPTIONS = ("text_column", "id_column", "output", "resume", "overwrite", "skip_empty", "pad_to_multiple_of")
 
-        torch.set_num_threads(threads)
+
+def check_corpus_options(args) -> bool:
+    """True for a corpus (--input); the corpus options without --input, or with FILEs, are mistakes."""
+    if args.input is None:
+        given = [name for name in CORPUS_OPTIONS if getattr(args, name) not in (None, False)]
+        if given:
+            raise CommandError(f"--{given[0].replace('_', '-')} applies to a corpus: give it with --input DATASET.")
+        return False
+    if args.files:
+        raise CommandError("Give either FILEs or --input DATASET, not both.")
+    return True
+
+
+def run_summarize_corpus(args) -> int:
+    from .corpus_run import CorpusJob, scan_job, summarize_corpus
+
+    job = CorpusJob(
+        input=Path(args.input), text_column=args.text_column, id_column=args.id_column,
+        output=Path(args.output) if args.output else None, resume=args.resume, overwrite=args.overwrite,
+        skip_empty=args.skip_empty, batch_size=args.batch_size, pad_to_multiple_of=args.pad_to_multiple_of,
+        max_input_tokens=args.max_input_tokens, chunk=args.chunk, chunk_overlap=args.chunk_overlap,
+        threads=args.threads, device=args.device, dtype=args.dtype,
+        generate_kwargs={"num_beams": args.num_beams, "max_length": args.max_length},
+    )
+    job.check()
+    quiet_library_warnings(args.debug)
+    from .summarize import resolve_model
+
+    source = resolve_model(args.model, revision=args.revision, trust_remote_code=args.trust_remote_code)
+    index = scan_job(job)  # bad input stops the run before the model loads
+    if args.model is None and os.environ.get("RANK", "0") == "0":  # once, under torchrun or accelerate launch
+        print(DEMO_MODEL_NOTICE, file=sys.stderr)
+    hide_weight_loading_bar()
+    report = summarize_corpus(job, source, index)
+    if report is not None:
+        print(report.line(), file=sys.stderr)
+    return 0
 
 
 def read_documents(paths: list[str]) -> list[Document]:
@@ -368,17 +435,74 @@ def truncation_warning(document: Document, summary, max_input_tokens: int) -> st
 
 def format_summary(document: Document, summary, output_format: str, several: bool) -> str:
     if output_format == "jsonl":
-        record = {
-            "file": document.name,
-            "summary": summary.text,
-            "input_tokens": summary.input_tokens,
-            "truncated": summary.truncated,
-            "truncated_tokens": summary.truncated_tokens,
-            "windows": summary.windows,
-            "seconds": round(summary.seconds, 3),
-        }
-        return json.dumps(record, ensure_ascii=False)
+        return json.dumps({"file": document.name, **summary.fields()}, ensure_ascii=False)
     return f"==> {document.label} <==\n{summary.text}\n" if several else summary.text
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# evaluate
+
+
+def add_evaluate(commands, common):
+    parser = add_command(
+        commands, "evaluate", common, run_evaluate,
+        help="ROUGE of summaries against references, with bootstrap confidence intervals",
+        description="Score predicted summaries against references as Google's Pegasus and BigBird evaluations do: "
+                    "ROUGE-1, ROUGE-2\nand ROUGE-Lsum F1 (rouge_score, Porter stemming; ROUGE-Lsum splits sentences "
+                    "at line breaks, and Pegasus'\n<n> is one), with percentile bootstrap confidence intervals over "
+                    "the documents from a seeded generator.\n\nPREDICTIONS and REFERENCES are .jsonl, .csv or "
+                    ".parquet files (the output of summarize --input is one), paired\nby --id-column; a file "
+                    "without it is paired by row number. Without --references, PREDICTIONS holds both\ncolumns. "
+                    "A short table goes to stdout; --output writes everything as JSON.",
+        epilog=examples(
+            "evaluate --predictions summaries.jsonl --references test.jsonl --reference-column abstract",
+            "evaluate --predictions scored.parquet --prediction-column summary --reference-column abstract",
+            "evaluate --predictions summaries.jsonl --references test.jsonl --reference-column abstract "
+            "--output rouge.json --per-document --seed 1",
+        ),
+    )
+    parser.add_argument("--predictions", required=True, metavar="FILE", help="the predicted summaries")
+    parser.add_argument("--references", metavar="FILE", help="the reference summaries (default: --predictions)")
+    parser.add_argument("--prediction-column", default="summary", metavar="COLUMN",
+                        help="column of the predictions (default: summary)")
+    parser.add_argument("--reference-column", default="reference", metavar="COLUMN",
+                        help="column of the references (default: reference)")
+    parser.add_argument("--id-column", default="id", metavar="COLUMN",
+                        help="column that pairs predictions with references (default: id; else the row number)")
+    parser.add_argument("--output", metavar="FILE.json", help="write the scores and settings as JSON")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    parser.add_argument("--per-document", action="store_true", help="add every document's scores to --output")
+    parser.add_argument("--samples", type=positive_int, default=1000, metavar="N",
+                        help="bootstrap resamples (default: 1000, as rouge_score)")
+    parser.add_argument("--confidence", type=probability, default=0.95, metavar="P",
+                        help="confidence of the intervals (default: 0.95)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, metavar="N",
+                        help="seed of the bootstrap's resampling (default: 0)")
+
+
+def probability(text: str) -> float:
+    value = number(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (e.g. 0.95), got {text}")
+    return value
+
+
+def run_evaluate(args) -> int:
+    if args.per_document and not args.output:
+        raise CommandError("--per-document adds the scores to the JSON file: give --output FILE.json.")
+    if args.output:
+        check_output_path(args.output, overwrite=args.overwrite, folder=False)
+    from .evaluate import evaluate_files, write_json
+
+    evaluation = evaluate_files(
+        Path(args.predictions), Path(args.references) if args.references else None,
+        prediction_column=args.prediction_column, reference_column=args.reference_column, id_column=args.id_column,
+        samples=args.samples, confidence=args.confidence, seed=args.seed, per_document=args.per_document,
+    )
+    if args.output:
+        write_json(evaluation, Path(args.output), overwrite=args.overwrite)
+    print(evaluation.table())
+    return 0
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -731,11 +855,15 @@ def add_finetune(commands, common):
                         help="replace OUT_DIR if it exists (and start over, without --resume)")
 
 
-def positive_float(text: str) -> float:
+def number(text: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def positive_float(text: str) -> float:
+    value = number(text)
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a number above 0, got {text}")
     return value

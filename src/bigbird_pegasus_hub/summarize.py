@@ -42,13 +42,18 @@ __all__ = [
     "DEVICES",
     "SINGLE_THREAD_MAX_WIDTH",
     "DTYPES",
+    "EncodedDocument",
     "ModelSource",
     "SummarizeError",
     "Summarizer",
     "Summary",
+    "batches",
+    "available_cores",
     "cpu_threads",
     "load_summarizer",
+    "padded_length",
     "resolve_model",
+    "set_cpu_threads",
     "token_windows",
 ]
 
@@ -121,6 +126,26 @@ class Summary:
     @property
     def truncated(self) -> bool:
         return self.truncated_tokens > 0
+
+    def fields(self) -> dict[str, Any]:
+        """What JSON outputs record of a summary (`summarize --format jsonl`, `summarize --input`)."""
+        return {"summary": self.text, "input_tokens": self.input_tokens, "truncated": self.truncated,
+                "truncated_tokens": self.truncated_tokens, "windows": self.windows, "seconds": round(self.seconds, 3)}
+
+
+@dataclass(frozen=True)
+class EncodedDocument:
+    """A document as the model reads it (`Summarizer.encode`), so that callers can group documents by length.
+
+    Attributes:
+        model_input: the token ids the model reads, special tokens included, cut to `Summarizer.max_input_tokens`.
+        input_tokens: the whole document's length in tokens, special tokens included.
+        truncated_tokens: tokens that were cut.
+    """
+
+    model_input: list[int]
+    input_tokens: int
+    truncated_tokens: int
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -265,6 +290,7 @@ def load_summarizer(
     trust_remote_code: bool = False,
     device: str = "auto",
     dtype: str = "auto",
+    max_input_tokens: int | None = None,
 ) -> Summarizer:
     """Loads a model and its tokenizer for summarizing.
 
@@ -276,6 +302,7 @@ def load_summarizer(
         trust_remote_code: allow a Hub repo's own Python code to run (needed when its config.json has `auto_map`).
         device: "cpu", "cuda", or "auto" (transformers' `device_map="auto"`: GPUs first, spread if needed).
         dtype: "float32", "float16", "bfloat16", or "auto" (the dtype the weights were saved in).
+        max_input_tokens: read at most this many tokens of a document (default: all the model can read).
     """
     _check_choice("device", device, DEVICES)
     _check_choice("dtype", dtype, DTYPES)
@@ -284,21 +311,48 @@ def load_summarizer(
     else:
         source = resolve_model(model, revision=revision, trust_remote_code=trust_remote_code)
     _check_device(device)
-    return Summarizer(*_load_model_and_tokenizer(source, device, dtype))
+    return Summarizer(*_load_model_and_tokenizer(source, device, dtype), max_input_tokens=max_input_tokens)
 
 
-def cpu_threads(model: PreTrainedModel) -> int | None:
-    """The CPU threads that suit generating with `model`: 1 for a model on the CPU at most SINGLE_THREAD_MAX_WIDTH
-    wide (such as the bundled demo model), None (torch's default, one per core) otherwise.
+def cpu_threads(model: PreTrainedModel, processes: int = 1) -> int | None:
+    """The CPU threads that suit generating with `model` in one of `processes` processes sharing this machine: 1
+    for a model on the CPU at most SINGLE_THREAD_MAX_WIDTH wide (such as the bundled demo model); the cores shared
+    out, `available_cores() // processes` (at least 1), for a wider one when several processes share the machine;
+    else None (torch's default, one per core). A model on a GPU: None.
 
     A decoding step of a narrow model is a few small matrix products (the demo model's: 5 beams x 64 x 64). Split
     over threads, each costs more than it computes: the other threads must be woken and waited for, and on a busy
     machine that means waiting for the scheduler. On this project's shared 2-core machine the demo model's main job
-    took 20-30x longer with 2 threads than with one; one thread is never slower for it.
+    took 20-30x longer with 2 threads than with one; one thread is never slower for it. Processes that each take
+    every core oversubscribe the machine in the same way (torchrun and accelerate launch set OMP_NUM_THREADS=1
+    instead, which leaves cores idle when there are fewer processes than cores).
     """
     if model.device.type != "cpu" or getattr(model.config, "d_model", None) is None:
         return None
-    return 1 if model.config.d_model <= SINGLE_THREAD_MAX_WIDTH else None
+    if model.config.d_model <= SINGLE_THREAD_MAX_WIDTH:
+        return 1
+    return max(1, available_cores() // processes) if processes > 1 else None
+
+
+def set_cpu_threads(model: PreTrainedModel, requested: int | None = None, processes: int = 1) -> int:
+    """Sets torch's intra-op threads to `requested` (--threads), else to `cpu_threads(model, processes)` when that
+    says a number; returns the threads in use."""
+    import torch
+
+    threads = requested or cpu_threads(model, processes)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def available_cores() -> int:
+    """Cores this process may run on: its CPU affinity, at most the physical cores (as accelerate shares them)."""
+    import os
+
+    import psutil
+
+    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(allowed, psutil.cpu_count(logical=False) or allowed))
 
 
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
@@ -398,7 +452,7 @@ def _load_tokenizer(source: ModelSource):
 class Summarizer:
     """Summarizes documents with a loaded encoder-decoder model and its tokenizer, calling `generate` directly."""
 
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase):
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, max_input_tokens: int | None = None):
         vocab_size = model.config.vocab_size
         if len(tokenizer) > vocab_size:
             raise SummarizeError(f"The tokenizer has {len(tokenizer)} ids but the model's vocabulary has only "
@@ -406,11 +460,14 @@ class Summarizer:
                                  "was trained with.")
         self.model = model
         self.tokenizer = tokenizer
-        self.max_input_tokens = _max_input_tokens(model.config, tokenizer)
+        self.max_input_tokens = _max_input_tokens(model.config, tokenizer, max_input_tokens)
         # What the tokenizer puts around every input (Pegasus: end-of-sequence after it).
         self._prefix, self._suffix = _special_tokens_around(tokenizer)
         self._special_tokens = len(self._prefix) + len(self._suffix)
         self._content_limit = self.max_input_tokens - self._special_tokens
+        if self._content_limit < 1:
+            raise SummarizeError(f"A maximum input length of {self.max_input_tokens} tokens leaves no room for text "
+                                 f"next to the tokenizer's {self._special_tokens} special token(s).")
         newline_id = tokenizer.convert_tokens_to_ids(NEWLINE_TOKEN)
         self._writes_newlines = newline_id not in (None, tokenizer.unk_token_id)
 
@@ -446,7 +503,7 @@ class Summarizer:
             summaries = (self._summarize_in_windows(document, batch_size, overlap, generate_kwargs)
                          for document in documents)
         else:
-            summaries = (summary for batch in _batches(documents, batch_size)
+            summaries = (summary for batch in batches(documents, batch_size)
                          for summary in self._summarize_batch(batch, generate_kwargs))
         for summary in summaries:
             if not summary.text:
@@ -454,13 +511,32 @@ class Summarizer:
                                "untrained.")
             yield summary
 
+    def encode(self, document: str) -> EncodedDocument:
+        """The document as the model reads it; raises SummarizeError if it is empty or only whitespace."""
+        tokens = self._tokens(document)
+        return EncodedDocument(self._model_input(tokens), len(tokens) + self._special_tokens, self._excess(tokens))
+
+    def summarize_encoded(
+        self, documents: Sequence[EncodedDocument], *, pad_to_multiple_of: int = 1, **generate_kwargs: Any
+    ) -> list[Summary]:
+        """Summarizes encoded documents in one `generate` call, their inputs right-padded to the longest one rounded
+        up to a multiple of `pad_to_multiple_of` tokens.
+
+        Block-sparse attention lays out its blocks over the padded length, so padding changes a summary: to get
+        the same summary whatever the batch, batch only documents whose padded lengths are equal.
+        """
+        return self._summarize_encoded(documents, self._generate_kwargs(generate_kwargs), pad_to_multiple_of)
+
     def _summarize_batch(self, documents: list[str], generate_kwargs: dict) -> list[Summary]:
+        return self._summarize_encoded([self.encode(document) for document in documents], generate_kwargs)
+
+    def _summarize_encoded(self, documents: Sequence[EncodedDocument], generate_kwargs: dict,
+                           pad_to_multiple_of: int = 1) -> list[Summary]:
         start = time.perf_counter()
-        tokens = [self._tokens(document) for document in documents]
-        texts = self._generate([self._model_input(ids) for ids in tokens], generate_kwargs)
+        texts = self._generate([document.model_input for document in documents], generate_kwargs, pad_to_multiple_of)
         seconds = (time.perf_counter() - start) / len(documents)
-        return [Summary(text, len(ids) + self._special_tokens, self._excess(ids), seconds=seconds)
-                for text, ids in zip(texts, tokens)]
+        return [Summary(text, document.input_tokens, document.truncated_tokens, seconds=seconds)
+                for text, document in zip(texts, documents)]
 
     def _summarize_in_windows(self, document: str, batch_size: int, overlap: int, generate_kwargs: dict) -> Summary:
         start = time.perf_counter()
@@ -470,7 +546,7 @@ class Summarizer:
             text = self._generate([self._model_input(tokens)], generate_kwargs)[0]
             return Summary(text, len(tokens) + self._special_tokens, seconds=time.perf_counter() - start)
         window_summaries = []
-        for batch in _batches(windows, batch_size):
+        for batch in batches(windows, batch_size):
             window_summaries += self._generate([self._model_input(window) for window in batch], generate_kwargs)
         joined_text = "\n".join(summary for summary in window_summaries if summary)
         joined = self._tokens(joined_text) if joined_text else []
@@ -502,10 +578,10 @@ class Summarizer:
                                  f"tokens, got {chunk_overlap}.")
         return chunk_overlap
 
-    def _generate(self, inputs: list[list[int]], generate_kwargs: dict) -> list[str]:
+    def _generate(self, inputs: list[list[int]], generate_kwargs: dict, pad_to_multiple_of: int = 1) -> list[str]:
         import torch
 
-        input_ids, attention_mask = _pad(inputs, self.tokenizer.pad_token_id or 0)
+        input_ids, attention_mask = _pad(inputs, self.tokenizer.pad_token_id or 0, pad_to_multiple_of)
         with torch.inference_mode():
             output_ids = self.model.generate(input_ids=input_ids.to(self.model.device),
                                              attention_mask=attention_mask.to(self.model.device), **generate_kwargs)
@@ -560,8 +636,9 @@ def _special_tokens_around(tokenizer) -> tuple[list[int], list[int]]:
                          "it cannot be used to summarize.")
 
 
-def _max_input_tokens(model_config, tokenizer) -> int:
-    """The longest input the model reads: the smaller of its position embeddings and the tokenizer's limit."""
+def _max_input_tokens(model_config, tokenizer, requested: int | None = None) -> int:
+    """The longest input the model reads: the smaller of its position embeddings and the tokenizer's limit, or the
+    `requested` length if that is shorter."""
     limits = [getattr(model_config, "max_position_embeddings", None)]
     if tokenizer.model_max_length < _UNSET_MODEL_MAX_LENGTH:
         limits.append(tokenizer.model_max_length)
@@ -569,10 +646,14 @@ def _max_input_tokens(model_config, tokenizer) -> int:
     if not limits:
         raise SummarizeError("Neither the model config (max_position_embeddings) nor the tokenizer "
                              "(model_max_length) says how long an input may be: set one of them.")
-    return min(limits)
+    if requested is not None and requested > min(limits):
+        raise SummarizeError(f"The model reads at most {min(limits)} tokens: a maximum input length of {requested} "
+                             "is too long.")
+    return min(limits) if requested is None else requested
 
 
-def _batches(items: Iterable, size: int) -> Iterator[list]:
+def batches(items: Iterable, size: int) -> Iterator[list]:
+    """Lists of `size` consecutive items (the last one may be shorter)."""
     batch = []
     for item in items:
         batch.append(item)
@@ -583,14 +664,19 @@ def _batches(items: Iterable, size: int) -> Iterator[list]:
         yield batch
 
 
-def _pad(sequences: list[list[int]], pad_id: int):
-    """Right-padded input ids and their attention mask."""
+def _pad(sequences: list[list[int]], pad_id: int, multiple: int = 1):
+    """Right-padded input ids and their attention mask, as wide as the longest sequence rounded up to `multiple`."""
     import torch
 
-    width = max(len(ids) for ids in sequences)
+    width = padded_length(max(len(ids) for ids in sequences), multiple)
     input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
     for row, ids in enumerate(sequences):
         input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         attention_mask[row, : len(ids)] = 1
     return input_ids, attention_mask
+
+
+def padded_length(length: int, multiple: int) -> int:
+    """`length` rounded up to a multiple of `multiple`."""
+    return -(-length // multiple) * multiple
