@@ -415,11 +415,11 @@ def root_cause(error: BaseException) -> str:
 def load_model(source: ModelSource):
     """The model (float32 weights on the CPU, for the Trainer to place) and its tokenizer, by the code that
     `resolve_model` allowed."""
-    from .summarize import _load_model_and_tokenizer
+    from .summarize import load_model_and_tokenizer
 
     # No device map: the Trainer (or accelerate) moves the model. Weights in float32: --bf16 autocasts compute only.
     with without_weight_loading_bar():
-        return _load_model_and_tokenizer(source, device=None, dtype="float32")
+        return load_model_and_tokenizer(source, device=None, dtype="float32")
 
 
 @contextmanager
@@ -444,18 +444,18 @@ def check_source_length(options: FinetuneOptions, source: ModelSource) -> None:
     """--max-source-length against the model's positions, read from its config.json before the model loads."""
     if options.max_source_length is None:
         return
-    from .summarize import _download_config, _read_json
+    from .summarize import download_config, read_json
 
-    config = Path(source.location) / "config.json" if is_local(source) else _download_config(source.location,
+    config = Path(source.location) / "config.json" if is_local(source) else download_config(source.location,
                                                                                              source.revision)
-    check_longest(options, _read_json(config).get("max_position_embeddings"))
+    check_longest(options, read_json(config).get("max_position_embeddings"))
 
 
 def source_length(options: FinetuneOptions, model, tokenizer) -> int:
     """The document length to train on: --max-source-length, or all the model reads (positions and tokenizer)."""
-    from .summarize import _max_input_tokens
+    from .summarize import input_token_limit
 
-    longest = _max_input_tokens(model.config, tokenizer)
+    longest = input_token_limit(model.config, tokenizer)
     check_longest(options, longest)
     return options.max_source_length or longest
 
@@ -471,11 +471,11 @@ class CorpusEncoder:
     the tokenizer has it), cut to the length limits with the special tokens kept."""
 
     def __init__(self, tokenizer, max_source_length: int, max_target_length: int):
-        from .summarize import NEWLINE_TOKEN, _special_tokens_around
+        from .summarize import NEWLINE_TOKEN, special_tokens_around
 
         self.tokenizer = tokenizer
         self.limits = {"input_ids": max_source_length, "labels": max_target_length}
-        self.prefix, self.suffix = _special_tokens_around(tokenizer)
+        self.prefix, self.suffix = special_tokens_around(tokenizer)
         self.writes_newlines = tokenizer.convert_tokens_to_ids(NEWLINE_TOKEN) not in (None, tokenizer.unk_token_id)
 
     def encode(self, rows, options: FinetuneOptions, split: str, notify: Callable[[str], None]):

@@ -193,7 +193,7 @@ def _missing_config_message(path: Path, bundled: bool) -> str:
 
 def _hub_source(repo_id: str, revision: str | None, trust_remote_code: bool) -> ModelSource:
     commit = _resolve_commit(repo_id, revision)
-    config = _read_json(_download_config(repo_id, commit))
+    config = read_json(download_config(repo_id, commit))
     _check_model_type(config, repo_id)
     if "auto_map" not in config:
         return ModelSource(repo_id, revision=commit)  # no code in the repo: our classes load it
@@ -238,7 +238,7 @@ def _resolve_commit(repo_id: str, revision: str | None) -> str | None:
         raise SummarizeError(_unreachable_message(repo_id, error)) from error
 
 
-def _download_config(repo_id: str, commit: str | None) -> Path:
+def download_config(repo_id: str, commit: str | None) -> Path:
     from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
@@ -261,7 +261,7 @@ def _unreachable_message(repo_id: str, error: Exception) -> str:
             "and HF_ENDPOINT, or pass a local model folder to --model.")
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     try:
         return read_json_object(path)
     except RepoError as error:
@@ -311,7 +311,7 @@ def load_summarizer(
     else:
         source = resolve_model(model, revision=revision, trust_remote_code=trust_remote_code)
     _check_device(device)
-    return Summarizer(*_load_model_and_tokenizer(source, device, dtype), max_input_tokens=max_input_tokens)
+    return Summarizer(*load_model_and_tokenizer(source, device, dtype), max_input_tokens=max_input_tokens)
 
 
 def cpu_threads(model: PreTrainedModel, processes: int = 1) -> int | None:
@@ -369,7 +369,7 @@ def _check_device(device: str) -> None:
                              "use --device cpu (or auto).")
 
 
-def _load_model_and_tokenizer(source: ModelSource, device: str, dtype: str):
+def load_model_and_tokenizer(source: ModelSource, device: str, dtype: str):
     return _load_model(source, device, dtype), _load_tokenizer(source)
 
 
@@ -460,9 +460,9 @@ class Summarizer:
                                  "was trained with.")
         self.model = model
         self.tokenizer = tokenizer
-        self.max_input_tokens = _max_input_tokens(model.config, tokenizer, max_input_tokens)
+        self.max_input_tokens = input_token_limit(model.config, tokenizer, max_input_tokens)
         # What the tokenizer puts around every input (Pegasus: end-of-sequence after it).
-        self._prefix, self._suffix = _special_tokens_around(tokenizer)
+        self._prefix, self._suffix = special_tokens_around(tokenizer)
         self._special_tokens = len(self._prefix) + len(self._suffix)
         self._content_limit = self.max_input_tokens - self._special_tokens
         if self._content_limit < 1:
@@ -624,7 +624,7 @@ def token_windows(tokens: Sequence[int], size: int, overlap: int) -> list[Sequen
         start = min(start + size - overlap, len(tokens) - size)
 
 
-def _special_tokens_around(tokenizer) -> tuple[list[int], list[int]]:
+def special_tokens_around(tokenizer) -> tuple[list[int], list[int]]:
     """The ids the tokenizer adds before and after a text (transformers 5 tokenizers have no
     `build_inputs_with_special_tokens`, so they are read off one encoding)."""
     bare = tokenizer("a", add_special_tokens=False)["input_ids"]
@@ -636,7 +636,7 @@ def _special_tokens_around(tokenizer) -> tuple[list[int], list[int]]:
                          "it cannot be used to summarize.")
 
 
-def _max_input_tokens(model_config, tokenizer, requested: int | None = None) -> int:
+def input_token_limit(model_config, tokenizer, requested: int | None = None) -> int:
     """The longest input the model reads: the smaller of its position embeddings and the tokenizer's limit, or the
     `requested` length if that is shorter."""
     limits = [getattr(model_config, "max_position_embeddings", None)]
