@@ -879,7 +879,7 @@ def run_finetune(args) -> int:
     quiet_library_warnings(args.debug)
     try:
         result = finetune(options, notify=lambda line: write_line(line, sys.stderr))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated):  # Ctrl-C, or SIGTERM/SIGHUP (which `accelerate launch` sends its workers)
         if last_checkpoint(options.checkpoint_dir) is not None:
             write_line(f"{PROG} finetune: the checkpoints in {options.checkpoint_dir} stay: run the same command with "
                        "--resume to continue.", sys.stderr)

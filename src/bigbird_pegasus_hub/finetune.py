@@ -30,10 +30,8 @@ import importlib.util
 import json
 import re
 import shutil
-import signal
 import sys
 import tempfile
-import threading
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -259,8 +257,7 @@ def finetune(
     # The corpus' Arrow files (tokenized, they can take GBs) go to a folder of this run beside the checkpoints rather
     # than to the user's datasets cache or a small /tmp; it is removed at the end, whatever happens.
     beside = options.checkpoint_dir.parent if options.checkpoint_dir.parent.is_dir() else None
-    with (tempfile.TemporaryDirectory(prefix=".bigbird-pegasus-finetune-", dir=beside) as cache,
-          sigterm_as_interrupt()):
+    with tempfile.TemporaryDirectory(prefix=".bigbird-pegasus-finetune-", dir=beside) as cache:
         corpora = {split: read_corpus(path, options, cache) for split, path in corpus_files(options).items()}
         model, tokenizer = load_model(source)
         arguments = training_arguments(options, model.config, evaluate="validation" in corpora)
@@ -290,24 +287,6 @@ def corpus_files(options: FinetuneOptions) -> dict[str, Path]:
     if options.validation_file is not None:
         files["validation"] = options.validation_file
     return files
-
-
-@contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """`kill` (SIGTERM, which `accelerate launch` also sends its workers) unwinds like Ctrl-C: temporary folders are
-    removed, the checkpoints stay for --resume."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 # ----------------------------------------------------------------------------------------------------------------
