@@ -1125,13 +1125,20 @@ def vocabulary_logits(lm_head: nn.Module, hidden_states: torch.Tensor) -> torch.
 
 
 def takes_decoding_shortcut(lm_head: nn.Module, hidden_states: torch.Tensor) -> bool:
-    """Only for a plain fp32 `nn.Linear` on the CPU (not a quantized or otherwise replaced head), and never while
-    a graph is traced or exported: the row count is decided here in Python and would be baked into the graph."""
-    if type(lm_head) is not nn.Linear or torch.compiler.is_compiling() or torch.jit.is_tracing():
+    """Only for a plain fp32 `nn.Linear` on the CPU (not a quantized or otherwise replaced head), and never while a
+    graph is exported or traced for other shapes (torch.export, torch.onnx.export, torch.jit.trace): the row count
+    is decided here in Python and would be baked into the graph. torch.compile may take it: Dynamo guards the row
+    count, so other row counts get their own graph."""
+    exported = torch.compiler.is_exporting() or torch.jit.is_tracing()
+    if type(lm_head) is not nn.Linear or exported or torch.compiler.is_compiling() != is_dynamo_compiling():
         return False
     weight = lm_head.weight
     return (hidden_states.shape[:-1].numel() <= DECODING_ROWS and weight.device.type == "cpu"
             and hidden_states.device == weight.device and weight.dtype == hidden_states.dtype == torch.float32)
+
+
+def is_dynamo_compiling() -> bool:
+    return getattr(torch.compiler, "is_dynamo_compiling", lambda: False)()
 
 
 def language_modeling_loss(logits, labels):
