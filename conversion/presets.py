@@ -53,3 +53,7 @@ PRESETS: MappingProxyType[str, MappingProxyType] = MappingProxyType(
     }
 )
 
+# The short names that `bigbird-pegasus convert-tf --preset` takes.
+PRESET_NAMES: MappingProxyType[str, str] = MappingProxyType(
+    {name.removeprefix("bigbird-pegasus-large-"): name for name in PRESETS}
+)

@@ -17,7 +17,6 @@ weights are then read one tensor at a time, so memory stays near one copy of the
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import re
 import sys
@@ -31,9 +30,19 @@ from transformers import GenerationConfig
 
 from bigbird_pegasus_hub.plugin.configuration_bigbird_pegasus import BigBirdPegasusConfig
 from bigbird_pegasus_hub.plugin.modeling_bigbird_pegasus import BigBirdPegasusForConditionalGeneration
-from bigbird_pegasus_hub.repo import build_repo
+from bigbird_pegasus_hub.atomic import check_output_path
+from bigbird_pegasus_hub.repo import RepoError, build_repo, check_tokenizer_fits
 
-from .presets import PRESETS
+from .params import (
+    _ACTIVATIONS,
+    _CONFIG_FIELDS,
+    _LAYER_NORM_EPS,
+    _TOKEN_IDS,
+    ConversionError,
+    _bullets,
+    checked_params,
+    resolve_params,
+)
 from .tf_checkpoint import TFCheckpoint
 
 __all__ = [
@@ -53,98 +62,11 @@ __all__ = [
 DEFAULT_SCOPE = "pegasus"
 
 
-class ConversionError(ValueError):
-    """The inputs of a conversion are wrong or do not fit together; the message says what, and what to do."""
-
-
-def _bullets(lines) -> str:
-    return "".join(f"\n  - {line}" for line in lines)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Hyperparameters: the original code's names -> BigBirdPegasusConfig.
-
-# The original shares one set of sizes between its encoder and decoder.
-_CONFIG_FIELDS = {
-    "vocab_size": ("vocab_size",),
-    "hidden_size": ("d_model",),
-    "num_hidden_layers": ("encoder_layers", "decoder_layers"),
-    "num_attention_heads": ("encoder_attention_heads", "decoder_attention_heads"),
-    "intermediate_size": ("encoder_ffn_dim", "decoder_ffn_dim"),
-    "max_position_embeddings": ("max_position_embeddings",),
-    "attention_type": ("attention_type",),
-    "block_size": ("block_size",),
-    "num_rand_blocks": ("num_random_blocks",),
-    "use_bias": ("use_bias",),
-    "rescale_embedding": ("scale_embedding",),
-    "hidden_dropout_prob": ("dropout",),
-    "attention_probs_dropout_prob": ("attention_dropout",),
-    "initializer_range": ("init_std",),
-}
-# Training-only values, defaulted as bigbird/core/flags.py does when a params dict omits them.
-_TRAINING_DEFAULTS = {"hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1, "initializer_range": 0.02}
-# bigbird/core/utils.py's gelu is the tanh approximation, transformers' "gelu_new".
-_ACTIVATIONS = {"gelu": "gelu_new", "relu": "relu"}
-# The only layout our model implements: Pegasus style, LayerNorm before each block, separate encoder and decoder.
-_SUPPORTED_LAYOUT = {"norm_type": "prenorm", "couple_encoder_decoder": False}
-_REQUIRED = tuple(
-    name for name in (*_CONFIG_FIELDS, "hidden_act", *_SUPPORTED_LAYOUT) if name not in _TRAINING_DEFAULTS
-)
-# Read for decoding (generation_config_from_params), the variable scope and a length check.
-_DECODING_PARAMS = ("beam_size", "alpha", "max_decoder_length")
-_KNOWN_PARAMS = frozenset({*_REQUIRED, *_TRAINING_DEFAULTS, *_DECODING_PARAMS, "scope", "max_encoder_length"})
-# Token ids fixed by the original code (bigbird/core/modeling.py: start id 2, end id 1, padding is id 0).
-_TOKEN_IDS = dict(pad_token_id=0, eos_token_id=1, bos_token_id=2, decoder_start_token_id=2)
-# The original NormLayer's variance epsilon (bigbird/core/utils.py).
-_LAYER_NORM_EPS = 1e-12
-
-
-def resolve_params(params=None, *, preset: str | None = None, overrides: Mapping | None = None) -> dict:
-    """Merge the original hyperparameters: a preset, then ``params`` (a dict or a JSON file), then ``overrides``.
-
-    ``params`` may hold the whole flag dump of a run (training and TPU flags are ignored); ``overrides`` may only
-    name hyperparameters the conversion reads, so that a typo cannot pass silently.
-    """
-    merged = _preset(preset) if preset is not None else {}
-    merged.update(_load_params(params) if params is not None else {})
-    unknown = sorted(set(overrides or {}) - _KNOWN_PARAMS)
-    if unknown:
-        raise ConversionError(
-            f"unknown hyperparameter override(s) {', '.join(unknown)}; the conversion reads "
-            f"{', '.join(sorted(_KNOWN_PARAMS))}"
-        )
-    merged.update(overrides or {})
-    return merged
-
-
-def _preset(name: str) -> dict:
-    key = name.removeprefix("google/")
-    if key not in PRESETS:
-        raise ConversionError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    return dict(PRESETS[key])
-
-
-def _load_params(params) -> dict:
-    if isinstance(params, Mapping):
-        return dict(params)
-    path = Path(params)
-    try:
-        loaded = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise ConversionError(f"cannot read the params file {path}: {error.strerror or error}") from None
-    except json.JSONDecodeError as error:
-        raise ConversionError(f"the params file {path} is not valid JSON ({error})") from None
-    if not isinstance(loaded, dict):
-        raise ConversionError(f"the params file {path} must hold a JSON object of hyperparameters")
-    return loaded
-
-
 def config_from_params(
     params=None, *, preset: str | None = None, overrides: Mapping | None = None
 ) -> BigBirdPegasusConfig:
     """Our config for the original hyperparameters (arguments as for :func:`resolve_params`)."""
-    values = {**_TRAINING_DEFAULTS, **resolve_params(params, preset=preset, overrides=overrides)}
-    _check_params(values)
+    values = checked_params(params, preset=preset, overrides=overrides)
     fields = {field: values[name] for name, names in _CONFIG_FIELDS.items() for field in names}
     try:
         return BigBirdPegasusConfig(
@@ -153,27 +75,6 @@ def config_from_params(
         )
     except ValueError as error:
         raise ConversionError(f"the hyperparameters give an invalid model: {error}") from None
-
-
-def _check_params(values: Mapping) -> None:
-    missing = [name for name in _REQUIRED if name not in values]
-    if missing:
-        raise ConversionError(
-            f"the hyperparameters lack {', '.join(missing)}: pass the params JSON of the original run "
-            f"(params= / --params), a preset ({', '.join(PRESETS)}) or overrides"
-        )
-    problems = [
-        f"{name}={values[name]!r} is not supported, only {name}={supported!r} (Pegasus layout)"
-        for name, supported in _SUPPORTED_LAYOUT.items()
-        if values[name] != supported
-    ]
-    if values["hidden_act"] not in _ACTIVATIONS:
-        problems.append(f"hidden_act={values['hidden_act']!r} is not supported; use one of {', '.join(_ACTIVATIONS)}")
-    max_encoder_length, max_positions = values.get("max_encoder_length"), values["max_position_embeddings"]
-    if max_encoder_length is not None and max_encoder_length > max_positions:
-        problems.append(f"max_encoder_length={max_encoder_length} exceeds max_position_embeddings={max_positions}")
-    if problems:
-        raise ConversionError("unsupported hyperparameters:" + _bullets(problems))
 
 
 def generation_config_from_params(params: Mapping) -> GenerationConfig:
@@ -326,11 +227,14 @@ def _check_scope(shapes: Mapping[str, tuple[int, ...]], scope: str) -> None:
 
 
 def _check_hyperparameters(shapes: Mapping[str, tuple[int, ...]], config: BigBirdPegasusConfig, scope: str) -> None:
+    # One line per contradicted hyperparameter, with all its evidence (encoder and decoder often both tell).
+    evidence_of: dict[tuple[str, object, object], list[str]] = {}
+    for param, field, value, evidence in _facts_from_shapes(shapes, scope):
+        if getattr(config, field) != value:
+            evidence_of.setdefault((param, getattr(config, field), value), []).append(evidence)
     contradictions = [
-        f"{param} is {getattr(config, field)!r} in the given hyperparameters but {value!r} in the checkpoint "
-        f"({evidence})"
-        for param, field, value, evidence in _facts_from_shapes(shapes, scope)
-        if getattr(config, field) != value
+        f"{param} is {given!r} in the given hyperparameters but {value!r} in the checkpoint ({'; '.join(evidence)})"
+        for (param, given, value), evidence in evidence_of.items()
     ]
     if contradictions:
         raise ConversionError(
@@ -430,6 +334,10 @@ def convert_tf_checkpoint(
     config = config_from_params(hyperparameters)
     scope = scope or hyperparameters.get("scope", DEFAULT_SCOPE)
     _check_outputs(spm_model, Path(out_dir), overwrite)
+    try:
+        check_tokenizer_fits(spm_model, config.vocab_size)
+    except RepoError as error:
+        raise ConversionError(str(error)) from None
     ckpt = TFCheckpoint(checkpoint_prefix)
     state_dict = tf_checkpoint_to_state_dict(ckpt, config, scope)
     return build_repo(
@@ -455,3 +363,4 @@ def _check_outputs(spm_model, out_dir: Path, overwrite: bool) -> None:
         raise ConversionError(f"the tokenizer {spm_model} does not exist")
     if out_dir.exists() and not overwrite:
         raise ConversionError(f"{out_dir} already exists: choose another folder or pass overwrite=True (--overwrite)")
+    check_output_path(out_dir, overwrite=overwrite)

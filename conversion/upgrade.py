@@ -10,6 +10,7 @@ Our parameter and config names equal the built-in model's, so upgrading copies t
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 from pathlib import Path
@@ -22,20 +23,27 @@ from safetensors.torch import load_file
 from transformers import GenerationConfig
 
 from bigbird_pegasus_hub.plugin.configuration_bigbird_pegasus import BigBirdPegasusConfig
-from bigbird_pegasus_hub.repo import build_repo
+from bigbird_pegasus_hub.repo import build_repo, check_tokenizer_fits
+from bigbird_pegasus_hub.repo_files import (
+    BIN_FILES,
+    CODE_REFERENCE_KEYS,
+    SAFETENSORS_FILES,
+    RepoError,
+    check_builtin_folder,
+    check_weight_files,
+)
 
 from .tf_to_plugin import ConversionError, _bullets, add_tied_word_embeddings, expected_state_dict_shapes
 
 __all__ = ["load_builtin_weights", "upgrade_builtin"]
 
+logger = logging.getLogger(__name__)
+
 CONFIG_FILE = "config.json"
 GENERATION_CONFIG_FILE = "generation_config.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 # (single file, index of a sharded checkpoint), safetensors first.
-WEIGHT_FILES = (
-    ("model.safetensors", "model.safetensors.index.json"),
-    ("pytorch_model.bin", "pytorch_model.bin.index.json"),
-)
+WEIGHT_FILES = (SAFETENSORS_FILES, BIN_FILES)
 # What a download needs; the .bin weights are fetched only when a repo has no safetensors.
 _SAFETENSORS_SNAPSHOT = ["*.json", "*.model", "model*.safetensors"]
 _BIN_SNAPSHOT = ["pytorch_model*.bin"]
@@ -47,7 +55,12 @@ _MODEL_CONFIG_KEYS = frozenset({
 
 
 def upgrade_builtin(
-    src: str | os.PathLike, out_dir: str | os.PathLike, *, revision: str | None = None, overwrite: bool = False
+    src: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    revision: str | None = None,
+    tokenizer: str | os.PathLike | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write a plugin repo for a built-in bigbird_pegasus checkpoint and return its path.
 
@@ -55,17 +68,34 @@ def upgrade_builtin(
         src: a local folder, or a Hub repo id (downloaded with ``snapshot_download``).
         out_dir: the repo folder to create.
         revision: branch, tag or commit of a Hub repo.
+        tokenizer: a Pegasus tokenizer folder or sentencepiece `.model` file, for a source without tokenizer files
+            (default: the source's own tokenizer).
         overwrite: replace an existing ``out_dir``.
 
     Raises:
-        ConversionError: before anything is written.
+        ConversionError: before anything is written (the source does not make a sound repo).
+        bigbird_pegasus_hub.atomic.OutputError: ``out_dir`` cannot be written.
     """
     if Path(out_dir).exists() and not overwrite:
         raise ConversionError(f"{out_dir} already exists: choose another folder or pass overwrite=True (--overwrite)")
+    if tokenizer is not None and not Path(tokenizer).exists():
+        raise ConversionError(f"the tokenizer {tokenizer} does not exist")
     folder = _source_folder(src, revision)
+    try:
+        return _upgrade_folder(folder, src, out_dir, tokenizer, overwrite)
+    except RepoError as error:
+        raise ConversionError(str(error)) from None
+
+
+def _upgrade_folder(folder: Path, src, out_dir, tokenizer, overwrite: bool) -> Path:
+    check_builtin_folder(folder, tokenizer_given=tokenizer is not None)
+    tokenizer = folder if tokenizer is None else tokenizer
     raw_config = _read_builtin_config(folder)
-    tokenizer = _tokenizer_folder(folder)
-    config = BigBirdPegasusConfig.from_dict(_without_generation_settings(raw_config))
+    try:
+        config = BigBirdPegasusConfig.from_dict(_without_generation_settings(raw_config))
+    except (ValueError, TypeError) as error:
+        raise ConversionError(f"{folder / CONFIG_FILE} is not a valid BigBirdPegasus config: {error}") from None
+    check_tokenizer_fits(tokenizer, config.vocab_size)  # before the weights, which take long to read
     expected = expected_state_dict_shapes(config)
     state_dict = _completed(load_builtin_weights(folder), expected)
     _check_weights(state_dict, expected)
@@ -84,7 +114,7 @@ def _source_folder(src, revision: str | None) -> Path:
         return path
     try:
         folder = Path(snapshot_download(str(src), revision=revision, allow_patterns=_SAFETENSORS_SNAPSHOT))
-        if not _weight_files(folder):
+        if not any((folder / name).is_file() for name in SAFETENSORS_FILES):
             folder = Path(snapshot_download(str(src), revision=revision, allow_patterns=_BIN_SNAPSHOT))
     except HFValidationError:
         raise ConversionError(f"{src} is neither a local folder nor a Hub repo id") from None
@@ -98,15 +128,12 @@ def _source_folder(src, revision: str | None) -> Path:
 
 
 def _read_builtin_config(folder: Path) -> dict:
-    path = folder / CONFIG_FILE
-    if not path.is_file():
-        raise ConversionError(f"{folder} has no {CONFIG_FILE}: it is not a transformers model folder")
-    config = json.loads(path.read_text(encoding="utf-8"))
-    if config.get("model_type") != "bigbird_pegasus":
-        raise ConversionError(
-            f"{path} describes a {config.get('model_type')!r} model, not bigbird_pegasus: only transformers' built-in "
-            "BigBirdPegasus checkpoints can be upgraded"
-        )
+    """The source's config.json, without references to code: a plugin repo runs this package's code only."""
+    config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))  # checked by check_builtin_folder
+    dropped = {key: config.pop(key) for key in CODE_REFERENCE_KEYS if key in config}
+    if dropped:
+        logger.warning("Dropped %s from %s: a plugin repo references this package's code only.",
+                       json.dumps(dropped), folder / CONFIG_FILE)
     return config
 
 
@@ -131,48 +158,20 @@ def _generation_config(folder: Path, raw_config: dict) -> GenerationConfig:
     return GenerationConfig(**token_ids, **changed)
 
 
-def _tokenizer_folder(folder: Path) -> Path:
-    if not (folder / TOKENIZER_CONFIG_FILE).is_file():
-        raise ConversionError(f"{folder} has no tokenizer ({TOKENIZER_CONFIG_FILE}); a plugin repo needs one")
-    return folder
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Weights.
 
 
 def load_builtin_weights(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The state dict saved in ``folder``: model.safetensors or pytorch_model.bin, possibly sharded."""
-    files = _weight_files(Path(folder))
-    if not files:
-        names = ", ".join(name for pair in WEIGHT_FILES for name in pair)
-        raise ConversionError(f"{folder} has no weights: expected one of {names}")
+    try:
+        files = check_weight_files(folder, WEIGHT_FILES)
+    except RepoError as error:
+        raise ConversionError(str(error)) from None
     state_dict = {}
     for path in files:
         state_dict.update(_load_weights_file(path))
     return state_dict
-
-
-def _weight_files(folder: Path) -> list[Path]:
-    """The files of the first weights format present in ``folder`` ([] if none)."""
-    for single, index in WEIGHT_FILES:
-        if (folder / index).is_file():
-            return _shards(folder, index)
-        if (folder / single).is_file():
-            return [folder / single]
-    return []
-
-
-def _shards(folder: Path, index: str) -> list[Path]:
-    try:
-        weight_map = json.loads((folder / index).read_text(encoding="utf-8"))["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        raise ConversionError(f"{folder / index} is not a checkpoint index (no weight_map)") from None
-    files = [folder / name for name in sorted(set(weight_map.values()))]
-    missing = [path.name for path in files if not path.is_file()]
-    if missing:
-        raise ConversionError(f"shard(s) {', '.join(missing)} listed in {index} are missing from {folder}")
-    return files
 
 
 def _load_weights_file(path: Path) -> dict[str, torch.Tensor]:
@@ -183,12 +182,27 @@ def _load_weights_file(path: Path) -> dict[str, torch.Tensor]:
             raise ConversionError(f"{path} is not a readable safetensors file ({error})") from None
     try:
         # weights_only: a .bin is a pickle, and only plain tensors may come out of it.
-        return torch.load(path, map_location="cpu", weights_only=True)
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ConversionError(
             f"{path} cannot be loaded as plain tensors ({first_line}); re-save it as safetensors where you trust it"
         ) from None
+    return _state_dict_of(loaded, path)
+
+
+def _state_dict_of(loaded, path: Path) -> dict[str, torch.Tensor]:
+    """What a .bin holds, if it is a state dict: names -> tensors."""
+    if not isinstance(loaded, dict):
+        raise ConversionError(f"{path} holds a {type(loaded).__name__}, not a state dict (names -> tensors): save "
+                              "the model's state_dict(), or better, save it with safetensors")
+    not_tensors = [f"{name!r} ({type(value).__name__})" for name, value in loaded.items()
+                   if not (isinstance(name, str) and isinstance(value, torch.Tensor))]
+    if not_tensors:
+        raise ConversionError(f"{path} is not a state dict of tensors: {', '.join(not_tensors[:5])}"
+                              f"{' ...' if len(not_tensors) > 5 else ''}; save the model's state_dict(), or better, "
+                              "save it with safetensors")
+    return loaded
 
 
 def _completed(state_dict: dict[str, torch.Tensor], expected: dict[str, torch.Size]) -> dict[str, torch.Tensor]:

@@ -150,10 +150,14 @@ class BigBirdPegasusConfig(PretrainedConfig):
                      "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim", "max_position_embeddings",
                      "block_size"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not _is_integer(value) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-        if not isinstance(self.num_random_blocks, int) or self.num_random_blocks < 0:
+        if not isinstance(self.num_random_blocks, int) or isinstance(self.num_random_blocks, bool) or \
+                self.num_random_blocks < 0:
             raise ValueError(f"num_random_blocks must be an integer >= 0, got {self.num_random_blocks!r}.")
+        for name in ("use_bias", "scale_embedding"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}.")
         for heads_name in ("encoder_attention_heads", "decoder_attention_heads"):
             heads = getattr(self, heads_name)
             if self.d_model % heads != 0:
@@ -164,22 +168,29 @@ class BigBirdPegasusConfig(PretrainedConfig):
         for name in ("dropout", "attention_dropout", "activation_dropout", "classifier_dropout",
                      "encoder_layerdrop", "decoder_layerdrop"):
             value = getattr(self, name)
-            if value is None or not 0.0 <= float(value) <= 1.0:
+            if not _is_real(value) or not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}.")
-        if self.activation_function not in ACT2FN:
+        if not isinstance(self.activation_function, str) or self.activation_function not in ACT2FN:
             raise ValueError(
                 f"activation_function {self.activation_function!r} is unknown; use one of transformers' activations, "
                 f"e.g. 'gelu_new' (the original BigBird gelu), 'relu' or 'gelu'."
             )
         multiple = self.pad_to_multiple_of
-        if multiple is not None and (not isinstance(multiple, int) or isinstance(multiple, bool) or multiple < 1
-                                     or multiple % self.block_size):
+        if multiple is not None and (not _is_integer(multiple) or multiple < 1 or multiple % self.block_size):
             raise ValueError(
                 f"pad_to_multiple_of must be None or a positive multiple of block_size ({self.block_size}), got "
                 f"{multiple!r}. 1024 pads inputs as the original code does (see the docstring)."
             )
-        if not self.layer_norm_eps > 0:
-            raise ValueError(f"layer_norm_eps must be > 0, got {self.layer_norm_eps!r}.")
+        if not _is_real(self.layer_norm_eps) or not self.layer_norm_eps > 0:
+            raise ValueError(f"layer_norm_eps must be a number > 0, got {self.layer_norm_eps!r}.")
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 BigBirdPegasusConfig.register_for_auto_class()

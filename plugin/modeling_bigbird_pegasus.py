@@ -588,8 +588,12 @@ class BigBirdPegasusDecoderLayer(FeedForwardMixin, GradientCheckpointingLayer):
 
 def clamp_fp16_overflow(hidden_states):
     # fp16 activations of long inputs can overflow to inf; clamp them as the built-in model does.
-    if hidden_states.dtype == torch.float16 and not torch.isfinite(hidden_states).all():
-        limit = torch.finfo(hidden_states.dtype).max - 1000
+    if hidden_states.dtype != torch.float16:
+        return hidden_states
+    limit = torch.finfo(hidden_states.dtype).max - 1000
+    if torch.compiler.is_compiling():  # compiled or exported: the same choice in the graph, no branch on data
+        return torch.where(torch.isfinite(hidden_states).all(), hidden_states, hidden_states.clamp(-limit, limit))
+    if not torch.isfinite(hidden_states).all():
         hidden_states = hidden_states.clamp(min=-limit, max=limit)
     return hidden_states
 
@@ -868,7 +872,19 @@ def resolve_output_flags(config, output_attentions, output_hidden_states, return
 def embed_inputs(embed_tokens, input_ids, inputs_embeds):
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
-    return embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+    if inputs_embeds is not None:
+        return inputs_embeds
+    # torch's own error for an id outside the vocabulary is a bare "index out of range". One min/max pass and one
+    # sync name the id; compiled and exported graphs skip the check (no data-dependent branch in them).
+    if input_ids.numel() and not (torch.compiler.is_compiling() or torch.jit.is_tracing() or input_ids.is_meta):
+        low, high = torch.stack(torch.aminmax(input_ids)).tolist()
+        if low < 0 or high >= embed_tokens.num_embeddings:
+            raise ValueError(
+                f"Token id {low if low < 0 else high} is outside the model's vocabulary of {embed_tokens.num_embeddings}"
+                f" ids (0 to {embed_tokens.num_embeddings - 1}): the inputs come from another tokenizer than the "
+                "model's, or hold padding such as -100 that must be replaced by the pad token id."
+            )
+    return embed_tokens(input_ids)
 
 
 def check_length(length: int, max_positions: int, what: str):

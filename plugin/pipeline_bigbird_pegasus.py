@@ -5,8 +5,6 @@ transformers 5 dropped its built-in `summarization` pipeline, so a Hub repo regi
 then loads it, on transformers 4.57 and 5.x alike.
 """
 
-import re
-
 import torch
 from transformers import Pipeline, logging
 
@@ -24,8 +22,6 @@ CUSTOM_PIPELINES = {
 
 # Pegasus writes line breaks as this token, in its inputs and in its summaries.
 NEWLINE_TOKEN = "<n>"
-_LINE_BREAK = re.compile(r"\s*\n\s*")
-_NEWLINE_TOKEN_WITH_SPACES = re.compile(r"\s*" + re.escape(NEWLINE_TOKEN) + r"\s*")
 
 # Tokenizers that set no `model_max_length` report a huge placeholder (int(1e30)): this large means "no limit".
 _UNSET_MODEL_MAX_LENGTH = int(1e20)
@@ -183,15 +179,12 @@ class BigBirdPegasusSummarizationPipeline(Pipeline):
         text = self.tokenizer.decode(
             token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=clean_up_tokenization_spaces
         )
-        return _NEWLINE_TOKEN_WITH_SPACES.sub("\n", text).strip()
+        return decode_newlines(text)
 
     def _model_text(self, document):
         """The document as the model was trained to read it: stripped, with line breaks as `<n>` if it knows them."""
         _check_document(document)
-        text = document.strip()
-        if self._knows_newline_token():
-            text = _LINE_BREAK.sub(NEWLINE_TOKEN, text)
-        return text
+        return encode_newlines(document) if self._knows_newline_token() else document.strip()
 
     def _knows_newline_token(self):
         return self.tokenizer.convert_tokens_to_ids(NEWLINE_TOKEN) not in (None, self.tokenizer.unk_token_id)
@@ -208,6 +201,11 @@ class BigBirdPegasusSummarizationPipeline(Pipeline):
             if name in already_set or (name == "max_new_tokens" and "max_length" in already_set):
                 continue
             generate_kwargs[name] = value
+        # A length limit of the call replaces the model's other one: `generate()` would warn that both are set, and
+        # a `max_new_tokens` of the model would win over the caller's `max_length`.
+        for chosen, other in (("max_new_tokens", "max_length"), ("max_length", "max_new_tokens")):
+            if call_kwargs.get(chosen) is not None and other not in call_kwargs and other in model_settings:
+                generate_kwargs[other] = None
         # Batches are padded with the tokenizer's pad token: tell `generate()` if the model does not know it.
         if "pad_token_id" not in already_set and self.tokenizer.pad_token_id is not None:
             generate_kwargs["pad_token_id"] = self.tokenizer.pad_token_id
@@ -237,6 +235,18 @@ class BigBirdPegasusSummarizationPipeline(Pipeline):
         if self.tokenizer.eos_token_id is not None:
             eos_token_ids = [*eos_token_ids, self.tokenizer.eos_token_id]
         return sorted(set(eos_token_ids))
+
+
+# Line breaks <-> `<n>`, linear in the text's length (a regex like `\s*\n\s*` is quadratic on a long run of spaces).
+def encode_newlines(text):
+    """The text stripped, with each run of whitespace that holds line breaks written as one `<n>`."""
+    lines = (line.strip() for line in text.split("\n"))
+    return NEWLINE_TOKEN.join(line for line in lines if line)
+
+
+def decode_newlines(text):
+    """The text stripped, with each `<n>` (and the whitespace around it) turned back into a line break."""
+    return "\n".join(part.strip() for part in text.split(NEWLINE_TOKEN)).strip()
 
 
 def _check_document(document):

@@ -108,3 +108,27 @@ def tokenizer_dir(tmp_path_factory):
     from tiny import tiny_tokenizer
 
     return tiny_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def tokenizer_size(tokenizer_dir) -> int:
+    """The number of ids of `tokenizer_dir`: the vocab_size of a tiny model that uses it."""
+    from transformers import AutoTokenizer
+
+    return len(AutoTokenizer.from_pretrained(tokenizer_dir))
+
+
+@pytest.fixture(scope="session")
+def reference_tokenizer_dir(tmp_path_factory):
+    """A tokenizer that fits the vocabulary (320 ids) of the TensorFlow reference checkpoint."""
+    from tiny import word_level_tokenizer
+
+    return word_level_tokenizer(tmp_path_factory.mktemp("reference-tokenizer"), 320)
+
+
+@pytest.fixture(scope="session")
+def train_step_tokenizer_dir(tmp_path_factory):
+    """A tokenizer that fits the vocabulary (64 ids) of the TensorFlow training-step checkpoint."""
+    from tiny import word_level_tokenizer
+
+    return word_level_tokenizer(tmp_path_factory.mktemp("train-step-tokenizer"), 64)

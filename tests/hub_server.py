@@ -12,6 +12,11 @@ Usage::
         ...
         hub.lfs_uploads()             # oids whose bytes were PUT, from the request log
 
+or from a shell, to try `bigbird-pegasus push` without an account (README.md, "Trying push locally")::
+
+    python tests/hub_server.py --port 8765 &      # serves until stopped; repos live in memory
+    python tests/hub_server.py --port 8765 --wait # returns once the server answers
+
 Knobs for failure tests: ``refuse_uploads`` (True -> 403, or an HTTP status code; note that the
 client retries 429/5xx with backoff for several seconds) makes the stages named in
 ``refuse_stages`` (preupload, lfs, commit) answer a JSON error; ``lfs_threshold`` and
@@ -26,11 +31,14 @@ the discussions/pull-request API (PRs are only opened by ``create_pr=1`` on a co
 
 from __future__ import annotations
 
+import argparse
 import base64
 import fnmatch
 import hashlib
 import json
 import re
+import socket
+import sys
 import threading
 import time
 import uuid
@@ -793,3 +801,47 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - silence stderr noise
         pass
 
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python tests/hub_server.py",
+        description="Serve an in-memory Hub on 127.0.0.1 until stopped (Ctrl-C), to try uploads and downloads "
+                    "without an account. Clients need HF_ENDPOINT=http://127.0.0.1:PORT, any HF_TOKEN, and "
+                    "HF_HUB_DISABLE_XET=1.",
+    )
+    parser.add_argument("--port", type=int, default=8765, help="port to listen on (default: 8765)")
+    parser.add_argument("--wait", action="store_true",
+                        help="do not serve: wait until a server answers on --port (at most 60 s), then exit")
+    args = parser.parse_args(argv)
+    if args.wait:
+        return 0 if _wait_for_port(args.port, timeout=60.0) else 1
+    server = HubServer(port=args.port).start()
+    print(f"Test Hub on {server.url} (in memory; Ctrl-C stops it). Clients:\n"
+          f"  export HF_ENDPOINT={server.url} HF_TOKEN=anything HF_HUB_DISABLE_XET=1", flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0
+
+
+def _wait_for_port(port: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+                return True
+        except OSError:
+            time.sleep(0.1)
+    print(f"No test Hub answers on 127.0.0.1:{port}.", file=sys.stderr)
+    return False
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,14 +1,23 @@
-"""The committed demo repo `hub_repo/`: rebuilt from its own weights it comes out the same, and its model is trained."""
+"""The committed demo repo `hub_repo/`: rebuilt from its own weights it comes out the same, and its model writes the
+exact lead of the example document and of documents it never saw in training."""
 
 import json
 from pathlib import Path
 
 import pytest
-from transformers import GenerationConfig, pipeline
+from transformers import GenerationConfig
 
-from bigbird_pegasus_hub.bundled import build_bundled_repo, held_out_paragraphs, split_sentences
+from bigbird_pegasus_hub.bundled import (
+    EXAMPLE_DOCUMENT,
+    HELD_OUT_TITLES,
+    build_bundled_repo,
+    example_document_lead,
+    lead,
+    read_articles,
+)
 from bigbird_pegasus_hub.plugin.configuration_bigbird_pegasus import BigBirdPegasusConfig
 from bigbird_pegasus_hub.repo_files import CODE_FILES, TOKENIZER_FILES, WEIGHTS_FILE
+from bigbird_pegasus_hub.summarize import load_summarizer
 
 ROOT = Path(__file__).resolve().parents[1]
 HUB_REPO = ROOT / "hub_repo"
@@ -66,9 +75,36 @@ def test_shipped_code_is_the_plugin_code():
         assert (HUB_REPO / name).read_bytes() == (PLUGIN_DIR / name).read_bytes(), f"{name} differs. {REBUILD_HINT}"
 
 
-def test_model_copies_the_lead_of_an_unseen_paragraph():
-    paragraph = held_out_paragraphs()[0]
-    summarizer = pipeline("summarization", model=str(HUB_REPO), trust_remote_code=True)
-    summary = summarizer(paragraph)[0]["summary_text"]
-    first_sentence = split_sentences(paragraph)[0]
-    assert summary.split()[:4] == first_sentence.split()[:4], f"{summary!r} does not start like {first_sentence!r}"
+def held_out_documents() -> dict[str, tuple[str, str]]:
+    """Documents the demo model never saw in training, and their leads: each held-out article as a titled document of
+    several paragraphs (like the example document; block-sparse attention), and each of its paragraphs alone."""
+    documents = {}
+    for article in read_articles():
+        if article.title in HELD_OUT_TITLES:
+            text = "\n\n".join((article.title, *article.paragraphs))
+            documents[article.title] = (text, lead(article.paragraphs[0], article.title))
+            for index, paragraph in enumerate(article.paragraphs):
+                documents[f"{article.title} {index + 1}"] = (paragraph, lead(paragraph))
+    return documents
+
+
+HELD_OUT = held_out_documents()
+
+
+@pytest.fixture(scope="module")
+def summarizer():
+    return load_summarizer(HUB_REPO)
+
+
+def test_model_writes_the_lead_of_the_example_document(summarizer):
+    (summary,) = summarizer.summarize([EXAMPLE_DOCUMENT.read_text(encoding="utf-8")])
+    assert summary.text == example_document_lead()
+    assert summary.text.startswith("The Return of the Marsh: How a River Valley Brought Back Its Wetlands\n"
+                                   "For most of the twentieth century, the lower valley of the Alder River")
+
+
+@pytest.mark.parametrize("name", sorted(HELD_OUT))
+def test_model_writes_the_lead_of_a_document_it_never_saw(summarizer, name):
+    document, expected = HELD_OUT[name]
+    (summary,) = summarizer.summarize([document])
+    assert summary.text == expected

@@ -31,7 +31,8 @@ from transformers import AutoTokenizer
 from bigbird_pegasus_hub import cli
 from bigbird_pegasus_hub.plugin.modeling_bigbird_pegasus import BigBirdPegasusForConditionalGeneration
 from bigbird_pegasus_hub.repo import build_repo, check_repo
-from bigbird_pegasus_hub.summarize import token_windows
+from bigbird_pegasus_hub.bundled import EXAMPLE_DOCUMENT, example_document_lead
+from bigbird_pegasus_hub.summarize import SINGLE_THREAD_MAX_WIDTH, cpu_threads, token_windows
 
 MAX_POSITIONS = 256  # small, so that a page of text already overflows the model
 FAST = ("--max-length", "8", "--num-beams", "1")
@@ -149,12 +150,13 @@ def model_runs(tiny_repo, texts) -> dict[str, subprocess.CompletedProcess]:
         "two_files": Run(("summarize", "--model", tiny_repo, *FAST, "--format", "jsonl", "--batch-size", "2",
                           "--device", "cpu", "--dtype", "float32", texts["short"], texts["long"])),
         "cuda": Run(("summarize", "--model", tiny_repo, "--device", "cuda", texts["short"])),
+        "demo": Run(("summarize", "--format", "jsonl", "--threads", "1", EXAMPLE_DOCUMENT)),
     })
 
 
 @pytest.fixture(scope="module")
 def repo_runs(
-    tmp_path_factory, tiny_repo, tokenizer_dir, vocab_size
+    tmp_path_factory, tiny_repo, tokenizer_dir, reference_tokenizer_dir, vocab_size
 ) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
     """build, convert-tf and upgrade, side by side: (the folder each was asked to write, its result)."""
     folder = tmp_path_factory.mktemp("made")
@@ -171,7 +173,7 @@ def repo_runs(
                       tiny_repo / "model.safetensors", "--tokenizer", tokenizer_dir, "--description",
                       "A tiny test model.")),
         "convert-tf": Run(("convert-tf", TF_REFERENCE / "model.ckpt-0", out_dirs["convert-tf"], "--params", params,
-                           "--spm-model", tokenizer_dir, "--set", "beam_size=2", "--set", "alpha=0.5")),
+                           "--spm-model", reference_tokenizer_dir, "--set", "beam_size=2", "--set", "alpha=0.5")),
         "upgrade": Run(("upgrade", builtin_dir, out_dirs["upgrade"])),
     }
     results = run_side_by_side(runs)
@@ -207,6 +209,21 @@ def test_two_files_as_jsonl_with_progress_bar_and_truncation_warning(model_runs,
                f"{MAX_POSITIONS}: its last {long['truncated_tokens']} tokens were cut")
     assert warning in result.stderr
     assert "2/2" in result.stderr  # the progress bar
+
+
+def test_the_default_demo_model_says_so_on_stderr_only(model_runs):
+    result = model_runs["demo"]
+    assert_succeeds(result)
+    (summary,) = jsonl(result.stdout)
+    assert summary["summary"] == example_document_lead()
+    assert result.stderr.strip() == cli.DEMO_MODEL_NOTICE
+
+
+def test_narrow_models_generate_on_one_cpu_thread(tiny_repo):
+    narrow = BigBirdPegasusForConditionalGeneration.from_pretrained(tiny_repo)
+    assert cpu_threads(narrow) == 1
+    wide = BigBirdPegasusForConditionalGeneration(tiny_config(d_model=SINGLE_THREAD_MAX_WIDTH * 2, vocab_size=128))
+    assert cpu_threads(wide) is None  # torch's default: one per core
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error of a machine without a GPU")
@@ -261,10 +278,13 @@ def test_an_existing_output_folder_is_refused_untouched(command, repo_runs):
     assert sorted(path.name for path in out_dir.iterdir()) == before
 
 
-def test_cli_presets_are_the_converter_presets():
-    from bigbird_pegasus_hub.conversion.presets import PRESETS
+def test_convert_tf_help_lists_the_presets_as_typed_and_requires_the_tokenizer():
+    from bigbird_pegasus_hub.conversion.presets import PRESET_NAMES, PRESETS
 
-    assert set(cli.PRESETS.values()) <= set(PRESETS)
+    assert sorted(PRESET_NAMES.values()) == sorted(PRESETS)
+    usage = run_cli("convert-tf", "--help").stdout
+    assert "{arxiv,pubmed,bigpatent}" in usage.replace(" ", "").replace("\n", "")
+    assert "[--spm-model" not in usage and "--spm-model FILE" in usage
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -44,6 +44,14 @@ def test_scale_embeddings_alias_and_round_trip(tmp_path):
         (dict(dropout=1.5), "dropout"),
         (dict(layer_norm_eps=0.0), "layer_norm_eps"),
         (dict(activation_function="swishy"), "activation_function"),
+        (dict(num_random_blocks=True), "num_random_blocks"),
+        (dict(block_size=True), "block_size"),
+        (dict(use_bias="no"), "use_bias"),
+        (dict(scale_embedding="yes"), "scale_embedding"),
+        (dict(dropout="0.1"), "dropout"),
+        (dict(attention_dropout=True), "attention_dropout"),
+        (dict(layer_norm_eps="tiny"), "layer_norm_eps"),
+        (dict(activation_function=["relu"]), "activation_function"),
     ],
 )
 def test_invalid_values_name_the_field(overrides, field):

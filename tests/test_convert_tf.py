@@ -86,10 +86,10 @@ def test_converted_model_reproduces_the_original_code(variant):
     assert_matches_reference(model, reference)
 
 
-def test_converted_repo_loads_through_auto_class_and_reproduces_the_original_code(tmp_path, tokenizer_dir):
+def test_converted_repo_loads_through_auto_class_and_reproduces_the_original_code(tmp_path, reference_tokenizer_dir):
     variant = "block_sparse_1024_gelu"
     out = convert_tf_checkpoint(MODEL_PREFIX, tmp_path / "repo", params=variant_params(variant),
-                                spm_model=tokenizer_dir)
+                                spm_model=reference_tokenizer_dir)
     model = AutoModelForSeq2SeqLM.from_pretrained(out, trust_remote_code=True).eval()
     assert type(model).__name__ == "BigBirdPegasusForConditionalGeneration"
     assert (model.config.layer_norm_eps, model.config.activation_function) == (1e-12, "gelu_new")
@@ -276,10 +276,11 @@ def test_optimizer_state_is_recognised(name, skipped):
     assert is_optimizer_state(name) is skipped
 
 
-def test_training_checkpoint_converts_without_its_optimizer_state_and_runs(tmp_path, tokenizer_dir):
+def test_training_checkpoint_converts_without_its_optimizer_state_and_runs(tmp_path, train_step_tokenizer_dir):
     ckpt = TFCheckpoint(TRAIN_STEP_PREFIX)
     assert any(name.endswith("/Adam_1") for name in ckpt.keys()) and "beta1_power" in ckpt.keys()
-    out = convert_tf_checkpoint(TRAIN_STEP_PREFIX, tmp_path / "repo", params=TRAIN_STEP_PARAMS, spm_model=tokenizer_dir)
+    out = convert_tf_checkpoint(TRAIN_STEP_PREFIX, tmp_path / "repo", params=TRAIN_STEP_PARAMS,
+                                spm_model=train_step_tokenizer_dir)
     model = AutoModelForSeq2SeqLM.from_pretrained(out, trust_remote_code=True).eval()
     word_embeddings = ckpt.read("pegasus/embeddings/word_embeddings")
     assert torch.equal(model.get_input_embeddings().weight, word_embeddings)
@@ -353,13 +354,13 @@ BROKEN_CHECKPOINTS = {
 
 
 @pytest.mark.parametrize("case", sorted(BROKEN_CHECKPOINTS))
-def test_broken_checkpoint_gives_one_clear_error_and_writes_nothing(tmp_path, tokenizer_dir, case):
+def test_broken_checkpoint_gives_one_clear_error_and_writes_nothing(tmp_path, reference_tokenizer_dir, case):
     break_checkpoint, error, message = BROKEN_CHECKPOINTS[case]
     prefix = copy_fixture(tmp_path)
     break_checkpoint(prefix)
     out = tmp_path / "out" / "repo"
     with pytest.raises(error, match=message):
-        convert_tf_checkpoint(prefix, out, params=REFERENCE["base_params"], spm_model=tokenizer_dir)
+        convert_tf_checkpoint(prefix, out, params=REFERENCE["base_params"], spm_model=reference_tokenizer_dir)
     assert not out.parent.exists()
 
 
@@ -380,12 +381,12 @@ def test_every_problem_is_listed_at_once(tmp_path):
             "model.decoder.layers.0.self_attn.q_proj.weight needs [64, 64]") in message
 
 
-def test_hyperparameters_that_contradict_the_shapes_are_named_with_both_values(tmp_path, tokenizer_dir):
+def test_hyperparameters_that_contradict_the_shapes_are_named_with_both_values(tmp_path, reference_tokenizer_dir):
     params = {**REFERENCE["base_params"], "hidden_size": 128, "vocab_size": 999, "num_hidden_layers": 3,
               "intermediate_size": 256, "max_position_embeddings": 2048, "use_bias": True}
     out = tmp_path / "repo"
     with pytest.raises(ConversionError, match=r"contradict the checkpoint") as error:
-        convert_tf_checkpoint(MODEL_PREFIX, out, params=params, spm_model=tokenizer_dir)
+        convert_tf_checkpoint(MODEL_PREFIX, out, params=params, spm_model=reference_tokenizer_dir)
     message = str(error.value)
     for line in (
         "vocab_size is 999 in the given hyperparameters but 320 in the checkpoint "
@@ -393,13 +394,30 @@ def test_hyperparameters_that_contradict_the_shapes_are_named_with_both_values(t
         "hidden_size is 128 in the given hyperparameters but 64 in the checkpoint",
         "max_position_embeddings is 2048 in the given hyperparameters but 1024",
         "intermediate_size is 256 in the given hyperparameters but 128 in the checkpoint "
-        "(pegasus/decoder/layer_0/intermediate/dense/kernel has shape [64, 128])",
+        "(pegasus/encoder/layer_0/intermediate/dense/kernel has shape [64, 128]; "
+        "pegasus/decoder/layer_0/intermediate/dense/kernel has shape [64, 128])",
         "num_hidden_layers is 3 in the given hyperparameters but 2 in the checkpoint "
-        "(it has encoder layers up to layer_1)",
+        "(it has encoder layers up to layer_1; it has decoder layers up to layer_1)",
         "use_bias is True in the given hyperparameters but False in the checkpoint (it has no attention biases)",
     ):
         assert line in message
+    # One line per hyperparameter, however many variables tell.
+    for name in ("vocab_size", "hidden_size", "max_position_embeddings", "intermediate_size", "num_hidden_layers"):
+        assert message.count(f"- {name} is") == 1, message
     assert not out.exists()
+
+
+def test_params_nested_in_a_wrapper_object_are_pointed_out(tmp_path):
+    params_file = tmp_path / "params.json"
+    params_file.write_text(json.dumps({"base_params": REFERENCE["base_params"], "variants": {}}))
+    with pytest.raises(ConversionError, match=r"none of the original hyperparameters at its top level .*"
+                                              r"under 'base_params': pass that object by itself"):
+        config_from_params(params_file)
+
+
+def test_presets_are_known_by_their_short_names():
+    by_model_name = config_from_params(preset="google/bigbird-pegasus-large-arxiv")
+    assert config_from_params(preset="arxiv").to_dict() == by_model_name.to_dict()
 
 
 def test_bias_checkpoint_converted_without_use_bias_is_a_contradiction(tmp_path):
@@ -429,13 +447,14 @@ def test_tokenizer_is_checked_before_the_conversion(tmp_path, spm_model, message
     assert not (tmp_path / "repo").exists()
 
 
-def test_existing_output_is_kept_unless_overwrite(tmp_path, tokenizer_dir):
+def test_existing_output_is_kept_unless_overwrite(tmp_path, train_step_tokenizer_dir):
     out = tmp_path / "repo"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     with pytest.raises(ConversionError, match=r"already exists: .*overwrite=True"):
-        convert_tf_checkpoint(TRAIN_STEP_PREFIX, out, params=TRAIN_STEP_PARAMS, spm_model=tokenizer_dir)
+        convert_tf_checkpoint(TRAIN_STEP_PREFIX, out, params=TRAIN_STEP_PARAMS, spm_model=train_step_tokenizer_dir)
     assert (out / "keep.txt").read_text() == "mine"
-    convert_tf_checkpoint(TRAIN_STEP_PREFIX, out, params=TRAIN_STEP_PARAMS, spm_model=tokenizer_dir, overwrite=True)
+    convert_tf_checkpoint(TRAIN_STEP_PREFIX, out, params=TRAIN_STEP_PARAMS, spm_model=train_step_tokenizer_dir,
+                          overwrite=True)
     assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
 

@@ -221,3 +221,10 @@ def test_decoding_logits_equal_the_output_layer(rows, bias):
     actual = ours.vocabulary_logits(head, hidden)
     assert actual.shape == (1, rows, 1000)
     torch.testing.assert_close(actual, head(hidden), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("encoder_id, decoder_id, culprit", [(99, 2, 99), (-1, 2, -1), (5, 150, 150), (5, -100, -100)])
+def test_ids_outside_the_vocabulary_are_named(encoder_id, decoder_id, culprit):
+    model = ours.BigBirdPegasusForConditionalGeneration(tiny_config()).eval()
+    with pytest.raises(ValueError, match=rf"Token id {culprit} is outside the model's vocabulary of 99 ids \(0 to 98\)"):
+        model(input_ids=torch.tensor([[5, encoder_id]]), decoder_input_ids=torch.tensor([[2, decoder_id]]))

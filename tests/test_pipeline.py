@@ -2,7 +2,11 @@
 
 import json
 import logging
+import random
+import re
 import shutil
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -174,6 +178,18 @@ def test_model_generation_config_overrides_pipeline_defaults(summarizer, generat
     assert "max_new_tokens" not in generate_calls[0] and "num_beams" not in generate_calls[0]
 
 
+@pytest.mark.parametrize(
+    ("chosen", "model_setting"), [("max_new_tokens", "max_length"), ("max_length", "max_new_tokens")]
+)
+def test_a_length_limit_of_the_call_replaces_the_models_other_one(
+    summarizer, generate_calls, monkeypatch, chosen, model_setting
+):
+    # Left in place, generate() would warn that both are set, and a model's max_new_tokens would win.
+    monkeypatch.setattr(summarizer.model.generation_config, model_setting, 40)
+    summarizer(DOCUMENTS[0], **{chosen: 5})
+    assert generate_calls[0][chosen] == 5 and generate_calls[0][model_setting] is None
+
+
 def test_generation_kwargs_given_at_construction_apply_to_every_call(model_dir):
     summarizer = pipeline("summarization", model=str(model_dir), trust_remote_code=True, max_new_tokens=3)
     result = summarizer(DOCUMENTS[0], min_new_tokens=3, num_beams=1, return_tensors=True)
@@ -247,3 +263,64 @@ def test_min_length_above_max_length_warns(summarizer, generate_calls, caplog):
     with caplog.at_level(logging.WARNING):
         summarizer(DOCUMENTS[0], min_length=30, max_length=10)
     assert "min_length=30 is larger than max_length=10" in caplog.text
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Text handling is linear: the pipeline's preprocessing of a megabyte of whitespace takes well under a second (the
+# former regex `\s*\n\s*` took about an hour on it). Timed alone: the text transform, not the tokenizer (a linear
+# Rust normalizer, about 1 s per megabyte of spaces on a busy CPU) nor the model; the bound is ~100x what the
+# linear code needs.
+
+MEGABYTE_OF_SPACES = " " * (1 << 20)
+LINEAR_BOUND_SECONDS = 1.0
+
+
+def pipeline_module(summarizer):
+    return sys.modules[type(summarizer).__module__]
+
+
+@pytest.mark.parametrize(
+    "document, expected",
+    [(f"Start.{MEGABYTE_OF_SPACES}End.", f"Start.{MEGABYTE_OF_SPACES}End."),
+     (f"Start.{MEGABYTE_OF_SPACES}\n{MEGABYTE_OF_SPACES}End.", "Start.<n>End."),
+     (f"Start.{MEGABYTE_OF_SPACES}<n>{MEGABYTE_OF_SPACES}End.", f"Start.{MEGABYTE_OF_SPACES}<n>{MEGABYTE_OF_SPACES}End."),
+     (f"{MEGABYTE_OF_SPACES}\t" * 2 + "x", "x")],
+    ids=["spaces", "spaces-around-a-line-break", "spaces-around-<n>", "spaces-and-tabs"],
+)
+def test_preprocessing_a_megabyte_of_whitespace_is_fast(summarizer, document, expected):
+    start = time.perf_counter()
+    text = summarizer._model_text(document)
+    elapsed = time.perf_counter() - start
+    assert elapsed < LINEAR_BOUND_SECONDS, f"the text preprocessing took {elapsed:.2f} s"
+    assert text == expected
+    assert summarizer.preprocess(document)["input_ids"].shape[-1] < 20  # the tokenizer collapses the spaces
+
+
+def encode_newlines_by_regex(text):
+    """What the pipeline did before (quadratic on long runs of whitespace without a line break)."""
+    return re.sub(r"\s*\n\s*", "<n>", text.strip())
+
+
+@pytest.mark.parametrize("text", [f"One.{MEGABYTE_OF_SPACES}<n>{MEGABYTE_OF_SPACES}Two.", f"One.{MEGABYTE_OF_SPACES}x"])
+def test_decoding_newline_tokens_in_a_megabyte_of_whitespace_is_fast(summarizer, text):
+    start = time.perf_counter()
+    decoded = pipeline_module(summarizer).decode_newlines(text)
+    assert time.perf_counter() - start < LINEAR_BOUND_SECONDS
+    assert decoded in ("One.\nTwo.", f"One.{MEGABYTE_OF_SPACES}x")
+
+
+def random_texts(count=2000, seed=0):
+    pieces = [" ", "  ", "\n", "\t", "\r\n", "<n>", "a", "bc", ".", "\u00a0", "\u2028"]
+    generator = random.Random(seed)
+    return ["".join(generator.choices(pieces, k=generator.randrange(12))) for _ in range(count)]
+
+
+def test_newline_helpers_do_what_the_former_regexes_did(summarizer):
+    """The linear helpers (the pipeline's, and the package's copy) give what `\\s*\\n\\s*` -> `<n>` and
+    `\\s*<n>\\s*` -> line break gave, on random mixes of text, spaces, line breaks and `<n>`."""
+    from bigbird_pegasus_hub import text
+
+    for helpers in (pipeline_module(summarizer), text):
+        for sample in random_texts():
+            assert helpers.encode_newlines(sample) == encode_newlines_by_regex(sample), repr(sample)
+            assert helpers.decode_newlines(sample) == re.sub(r"\s*<n>\s*", "\n", sample).strip(), repr(sample)

@@ -2,7 +2,9 @@
 
 import filecmp
 import json
+import logging
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,9 +12,10 @@ import torch
 import transformers
 from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer, pipeline
 
+from bigbird_pegasus_hub.atomic import OutputError
 from bigbird_pegasus_hub.plugin import modeling_bigbird_pegasus as ours
 from bigbird_pegasus_hub.repo import CODE_FILES, RepoError, build_repo, check_repo
-from tiny import random_inputs, tiny_repo
+from tiny import random_inputs, tiny_config, tiny_repo
 
 ROOT = Path(__file__).resolve().parents[1]
 AUTO_CLASSES = {
@@ -115,7 +118,7 @@ def test_builder_errors_leave_nothing_behind(built_repo, tokenizer_dir, tmp_path
         build_repo(tmp_path / "a", model=model, tokenizer=None)
     with pytest.raises(RepoError, match="tokenizer_config.json"):
         build_repo(tmp_path / "b", model=model, tokenizer=tmp_path)
-    with pytest.raises(RepoError, match="already exists"):
+    with pytest.raises(OutputError, match="already exists"):
         build_repo(tmp_path, model=model, tokenizer=tokenizer_dir)
     with pytest.raises(RepoError, match="do not fit"):
         build_repo(tmp_path / "c", config=built_repo / "config.json", state_dict={"x": torch.zeros(1)},
@@ -151,3 +154,64 @@ def test_builder_accepts_a_sentencepiece_model(built_repo, tokenizer_dir, tmp_pa
     repo = build_repo(tmp_path / "from-spm", model=model, tokenizer=tokenizer_dir / "spiece.model")
     for name in ("spiece.model", "tokenizer.json", "tokenizer_config.json"):
         assert filecmp.cmp(repo / name, tokenizer_dir / name, shallow=False), name
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A wrong model is refused; the repo references our code only.
+
+
+def test_config_file_given_is_the_one_read(built_repo, tokenizer_dir, tmp_path):
+    """`build --config FILE` reads FILE, not config.json beside it (nor a default config when there is none)."""
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bigbird_pegasus", "d_model": 1024}))
+    (tmp_path / "my-config.json").write_text((built_repo / "config.json").read_text())
+    repo = build_repo(tmp_path / "repo", config=tmp_path / "my-config.json", state_dict=built_repo / "model.safetensors",
+                      tokenizer=tokenizer_dir)
+    assert json.loads((repo / "config.json").read_text())["d_model"] == 32
+
+
+def test_non_finite_weights_are_refused_naming_them(built_repo, tokenizer_dir, tmp_path):
+    model = ours.BigBirdPegasusForConditionalGeneration.from_pretrained(built_repo)
+    with torch.no_grad():
+        model.model.decoder.layers[1].fc2.bias[3] = float("inf")
+        model.model.encoder.layers[0].self_attn.self.query.weight[0, 0] = float("nan")
+    with pytest.raises(RepoError, match=r"NaN or infinite values in 2 tensor\(s\): "
+                                        r"model.encoder.layers.0.self_attn.self.query.weight, "
+                                        r"model.decoder.layers.1.fc2.bias"):
+        build_repo(tmp_path / "repo", model=model, tokenizer=tokenizer_dir)
+    assert leftovers(tmp_path) == []
+
+
+def test_a_tokenizer_bigger_than_the_vocabulary_is_refused(tokenizer_dir, tmp_path):
+    model = ours.BigBirdPegasusForConditionalGeneration(tiny_config(vocab_size=500))
+    with pytest.raises(RepoError, match=r"has 1103 ids but the model's vocabulary has only 500"):
+        build_repo(tmp_path / "repo", model=model, tokenizer=tokenizer_dir / "spiece.model")
+    assert leftovers(tmp_path) == []
+
+
+def test_a_tokenizer_auto_map_is_dropped_and_a_foreign_class_refused(built_repo, tokenizer_dir, tmp_path, caplog):
+    model = ours.BigBirdPegasusForConditionalGeneration.from_pretrained(built_repo)
+    source = Path(shutil.copytree(tokenizer_dir, tmp_path / "tokenizer"))
+    config = json.loads((source / "tokenizer_config.json").read_text())
+    config["auto_map"] = {"AutoTokenizer": ["other/repo--tok.Slow", "other/repo--tok.Fast"]}
+    (source / "tokenizer_config.json").write_text(json.dumps(config))
+    with caplog.at_level(logging.WARNING, logger="bigbird_pegasus_hub.repo"):
+        repo = build_repo(tmp_path / "repo", model=model, tokenizer=source)
+    assert "Dropped the auto_map" in caplog.text and "other/repo--tok" in caplog.text
+    written = json.loads((repo / "tokenizer_config.json").read_text())
+    assert written == {key: value for key, value in config.items() if key != "auto_map"}
+    assert json.loads((repo / "config.json").read_text())["auto_map"] == ours.auto_map()
+
+    (source / "tokenizer_config.json").write_text(json.dumps({**config, "tokenizer_class": "OtherTokenizer"}))
+    with pytest.raises(RepoError, match=r"names the tokenizer class 'OtherTokenizer', which transformers does not "
+                                        r"have"):
+        build_repo(tmp_path / "again", model=model, tokenizer=source)
+
+
+def test_a_source_config_auto_map_is_replaced_by_ours(built_repo, tokenizer_dir, tmp_path):
+    config = json.loads((built_repo / "config.json").read_text())
+    config["auto_map"] = {**config["auto_map"], "AutoModel": "other/repo--modeling.Evil", "AutoTokenizer": ["x--y.Z"]}
+    config["tokenizer_class"] = "OtherTokenizer"
+    repo = build_repo(tmp_path / "repo", config=config, state_dict=built_repo / "model.safetensors",
+                      tokenizer=tokenizer_dir)
+    written = json.loads((repo / "config.json").read_text())
+    assert written["auto_map"] == ours.auto_map() and "tokenizer_class" not in written

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from huggingface_hub import HfApi
-from transformers import AutoModelForSeq2SeqLM
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from bigbird_pegasus_hub.conversion.tf_to_plugin import ConversionError
 from bigbird_pegasus_hub.conversion.upgrade import load_builtin_weights, upgrade_builtin
@@ -21,8 +23,8 @@ TOL = 1e-5
 BLOCK_SPARSE_LENGTH = 1024
 
 
-def builtin_model(attention_type: str):
-    _, builtin = twin_models(attention_type=attention_type)
+def builtin_model(attention_type: str, vocab_size: int):
+    _, builtin = twin_models(attention_type=attention_type, vocab_size=vocab_size)
     builtin.generation_config.num_beams = 3  # a non-default setting the upgrade must carry over
     return builtin
 
@@ -42,15 +44,17 @@ def save_builtin(builtin, folder: Path, tokenizer_dir: Path, serialization: str)
 
 
 @pytest.fixture(scope="module")
-def saved_builtin(tmp_path_factory, tokenizer_dir) -> Path:
+def saved_builtin(tmp_path_factory, tokenizer_dir, tokenizer_size) -> Path:
     """An original_full built-in model saved with safetensors; tests that alter it work on a copy."""
-    return save_builtin(builtin_model("original_full"), tmp_path_factory.mktemp("builtin"), tokenizer_dir, "safetensors")
+    return save_builtin(builtin_model("original_full", tokenizer_size), tmp_path_factory.mktemp("builtin"),
+                        tokenizer_dir, "safetensors")
 
 
 @pytest.mark.parametrize("serialization", ["safetensors", "bin", "sharded"])
 @pytest.mark.parametrize("attention_type", ["original_full", "block_sparse"])
-def test_upgraded_repo_has_the_builtin_weights_and_outputs(tmp_path, tokenizer_dir, attention_type, serialization):
-    builtin = builtin_model(attention_type)
+def test_upgraded_repo_has_the_builtin_weights_and_outputs(tmp_path, tokenizer_dir, tokenizer_size, attention_type,
+                                                           serialization):
+    builtin = builtin_model(attention_type, tokenizer_size)
     src = save_builtin(builtin, tmp_path / "builtin", tokenizer_dir, serialization)
     out = upgrade_builtin(src, tmp_path / "plugin")
 
@@ -74,8 +78,8 @@ def test_upgraded_repo_has_the_builtin_weights_and_outputs(tmp_path, tokenizer_d
     assert max_abs_diff(output.logits, reference.logits) <= TOL
 
 
-def test_upgrade_from_a_hub_repo_at_a_revision(hub, hub_repo_id, tmp_path, tokenizer_dir):
-    builtin = builtin_model("original_full")
+def test_upgrade_from_a_hub_repo_at_a_revision(hub, hub_repo_id, tmp_path, tokenizer_dir, tokenizer_size):
+    builtin = builtin_model("original_full", tokenizer_size)
     src = save_builtin(builtin, tmp_path / "builtin", tokenizer_dir, "safetensors")
     api = HfApi()
     api.create_repo(hub_repo_id)
@@ -92,8 +96,8 @@ def test_upgrade_from_a_hub_repo_at_a_revision(hub, hub_repo_id, tmp_path, token
     assert torch.equal(old_weights["model.shared.weight"] * 2, builtin.model.shared.weight)
 
 
-def test_builtin_hub_repo_with_only_a_bin_is_downloaded(hub, hub_repo_id, tmp_path, tokenizer_dir):
-    builtin = builtin_model("original_full")
+def test_builtin_hub_repo_with_only_a_bin_is_downloaded(hub, hub_repo_id, tmp_path, tokenizer_dir, tokenizer_size):
+    builtin = builtin_model("original_full", tokenizer_size)
     src = save_builtin(builtin, tmp_path / "builtin", tokenizer_dir, "bin")
     HfApi().create_repo(hub_repo_id)
     HfApi().upload_folder(repo_id=hub_repo_id, folder_path=src)
@@ -135,13 +139,14 @@ BROKEN_SOURCES = {
     "not_bigbird_pegasus": (retyped_config, r"describes a 'pegasus' model, not bigbird_pegasus"),
     "no_weights": (lambda folder: (folder / "model.safetensors").unlink(), r"has no weights: expected one of"),
     "corrupt_safetensors": (lambda folder: (folder / "model.safetensors").write_bytes(b"\x00" * 64),
-                            r"model.safetensors is not a readable safetensors file"),
+                            r"model.safetensors is not a safetensors file"),
     "unsafe_bin": (unpicklable_bin, r"pytorch_model.bin cannot be loaded as plain tensors .*re-save it as safetensors"),
     "weights_of_another_size": (resized_config, r"(?s)do not fit their config.json .*missing weight: "
                                                 r"model.decoder.layers.2.fc1.weight.*shape mismatch: "
                                                 r"model.encoder.layers.0.fc1.weight has \[37, 32\], the config needs "
                                                 r"\[40, 32\]"),
-    "no_tokenizer": (lambda folder: (folder / "tokenizer_config.json").unlink(), r"has no tokenizer"),
+    "no_tokenizer": (lambda folder: (folder / "tokenizer_config.json").unlink(),
+                     r"has no tokenizer .*pass the model's tokenizer with --tokenizer \(tokenizer=\)"),
 }
 
 
@@ -156,8 +161,21 @@ def test_broken_source_gives_one_clear_error_and_writes_nothing(tmp_path, saved_
     assert not out.parent.exists()
 
 
-def test_missing_shard_is_named(tmp_path, tokenizer_dir):
-    src = save_builtin(builtin_model("original_full"), tmp_path / "builtin", tokenizer_dir, "sharded")
+def test_a_source_without_tokenizer_files_takes_one_by_the_tokenizer_option(tmp_path, saved_builtin, tokenizer_dir):
+    src = tmp_path / "weights-only"
+    src.mkdir()
+    for name in ("config.json", "generation_config.json", "model.safetensors"):
+        shutil.copy(saved_builtin / name, src / name)
+    result = subprocess.run([sys.executable, "-m", "bigbird_pegasus_hub.cli", "upgrade", src, tmp_path / "plugin",
+                             "--tokenizer", tokenizer_dir / "spiece.model"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "plugin" / "tokenizer_config.json").is_file()
+    assert AutoTokenizer.from_pretrained(tmp_path / "plugin")("a b").input_ids == \
+        AutoTokenizer.from_pretrained(tokenizer_dir)("a b").input_ids
+
+
+def test_missing_shard_is_named(tmp_path, tokenizer_dir, tokenizer_size):
+    src = save_builtin(builtin_model("original_full", tokenizer_size), tmp_path / "builtin", tokenizer_dir, "sharded")
     shard = sorted(src.glob("model-*.safetensors"))[-1]
     shard.unlink()
     message = rf"shard\(s\) {shard.name} listed in model.safetensors.index.json are missing"
@@ -192,3 +210,26 @@ def test_existing_output_is_refused_before_any_work(tmp_path):
     with pytest.raises(ConversionError, match=r"already exists"):
         upgrade_builtin(tmp_path / "does-not-matter", tmp_path / "plugin")
 
+
+
+@pytest.mark.parametrize("shard", ["../model.safetensors", "/abs/model.safetensors", "sub/model.safetensors", ".."])
+def test_shard_paths_outside_the_source_folder_are_refused(tmp_path, saved_builtin, shard):
+    src = shutil.copytree(saved_builtin, tmp_path / "builtin")
+    (src / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"model.shared.weight": shard}}))
+    with pytest.raises(ConversionError, match=r"lists shard\(s\) outside its folder"):
+        upgrade_builtin(src, tmp_path / "plugin")
+    assert not (tmp_path / "plugin").exists()
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [(torch.zeros(3), r"holds a Tensor, not a state dict"),
+     ({"model.shared.weight": torch.zeros(3), "step": 7}, r"is not a state dict of tensors: 'step' \(int\)")],
+)
+def test_a_bin_that_is_not_a_state_dict_of_tensors_is_refused(tmp_path, saved_builtin, content, message):
+    src = shutil.copytree(saved_builtin, tmp_path / "builtin")
+    (src / "model.safetensors").unlink()
+    torch.save(content, src / "pytorch_model.bin")
+    with pytest.raises(ConversionError, match=message):
+        upgrade_builtin(src, tmp_path / "plugin")
+    assert not (tmp_path / "plugin").exists()

@@ -1,6 +1,7 @@
 """Tiny configurations and models shared by the tests (CPU, milliseconds)."""
 
 import copy
+import json
 
 import torch
 import transformers
@@ -87,3 +88,19 @@ def tiny_repo(folder, tokenizer_dir, seed=0, **overrides):
     vocab = len(AutoTokenizer.from_pretrained(tokenizer_dir))
     model = ours.BigBirdPegasusForConditionalGeneration(tiny_config(vocab_size=vocab, **overrides))
     return build_repo(folder, model=model, tokenizer=tokenizer_dir, description="A tiny random test model.")
+
+
+def word_level_tokenizer(folder, num_ids):
+    """A tokenizer of exactly `num_ids` ids (transformers' own PreTrainedTokenizerFast over the words w3, w4, ...),
+    for checkpoints whose vocabulary is too small for a Pegasus tokenizer (it reserves 103 ids)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tokens = ["<pad>", "</s>", "<unk>", *(f"w{i}" for i in range(3, num_ids))]
+    tokenizer = Tokenizer(models.WordLevel({token: i for i, token in enumerate(tokens)}, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(folder / "tokenizer.json"))
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "pad_token": "<pad>", "eos_token": "</s>",
+              "unk_token": "<unk>"}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return folder

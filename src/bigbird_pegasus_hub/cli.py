@@ -18,14 +18,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .summarize import DEFAULT_MODEL_DIR, DEVICES, DTYPES
+from . import repo_files
+from .atomic import Terminated, check_output_path, exit_on_termination
+from .conversion.presets import PRESET_NAMES
+from .summarize import DEFAULT_MODEL_DIR, DEVICES, DTYPES, SINGLE_THREAD_MAX_WIDTH
 
 PROG = "bigbird-pegasus"
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
 STDIN = "-"
-# Short names of the released checkpoints' hyperparameter presets (conversion/presets.py).
-PRESETS = {name: f"bigbird-pegasus-large-{name}" for name in ("arxiv", "pubmed", "bigpatent")}
 # Python packages whose exceptions are network failures (no route, refused connection, timeout).
 NETWORK_PACKAGES = {"httpx", "httpx2", "httpcore", "requests", "urllib3"}
 
@@ -41,10 +42,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_ERROR
     try:
-        return args.run(args)
+        with exit_on_termination():  # SIGTERM and SIGHUP unwind like Ctrl-C: temporary output is removed
+            return args.run(args)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Terminated as stopped:
+        print(f"{PROG}: stopped by {stopped.signal_name}", file=sys.stderr)
+        return stopped.code
     except BrokenPipeError:
         # The reader of stdout went away (`| head`): stop quietly, and keep Python from complaining at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -112,7 +117,8 @@ def build_parser() -> ArgumentParser:
     common = ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true",
                         help="on an error, also print its traceback; show the libraries' warnings")
-    for add_command in (add_summarize, add_convert_tf, add_upgrade, add_build, add_push):
+    for add_command in (add_summarize, add_convert_tf, add_upgrade, add_build, add_push, add_finetune,
+                        add_export_onnx):
         add_command(commands, common)
     return parser
 
@@ -137,21 +143,26 @@ def package_version() -> str:
         return "(not installed)"
 
 
-def positive_int(text: str) -> int:
-    value = non_negative_int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return value
+def int_at_least(minimum: int, why: str = ""):
+    """An argparse type: a whole number >= `minimum` (`why` explains the minimum in the error)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}{why}, got {text}")
+        return value
+
+    parse.__name__ = f"whole number >= {minimum}"  # argparse names the type in some messages
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
-    return value
+positive_int = int_at_least(1)
+non_negative_int = int_at_least(0)
+# The decoder's start token counts towards a summary's max_length: 2 is one generated token.
+summary_length = int_at_least(2, " (the decoder's start token counts, so 2 allows one generated token)")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -161,6 +172,12 @@ def non_negative_int(text: str) -> int:
 SUMMARIZE_DESCRIPTION = f"""\
 Summarize each FILE (standard input when no FILE is given, or for '-'). Summaries go to stdout; warnings and,
 for several files, a progress bar go to stderr.
+
+Default model: the bundled demo model ({DEFAULT_MODEL_DIR}), a tiny model trained only to copy a
+document's lead (its title line and first sentence): it shows that everything works, it does not summarize.
+For real summaries pass --model with a converted checkpoint, e.g. made by
+  {PROG} upgrade google/bigbird-pegasus-large-arxiv arxiv-plugin   (then --model arxiv-plugin)
+  {PROG} convert-tf CHECKPOINT_PREFIX arxiv-plugin --preset arxiv --spm-model pegasus.model
 
 Which code runs: a local model folder is loaded with this package's own model code, never with Python files
 of the folder. A Hub repo id whose config.json has an auto_map ships its own Python code, which transformers
@@ -172,8 +189,12 @@ Longer documents are cut, with a warning that says how many tokens were dropped.
 a document into overlapping windows of that length, summarizes each window, then summarizes the joined
 window summaries: a document of k windows costs k + 1 generate calls instead of one.
 
-Default model: the bundled demo model, {DEFAULT_MODEL_DIR} (a source checkout only: a package
-installed from a wheel needs --model)."""
+CPU threads: a model at most {SINGLE_THREAD_MAX_WIDTH} wide (d_model), such as the demo model, runs on one
+thread, which is faster for its small matrix products; wider ones use torch's default (one per core).
+--threads sets the number."""
+
+DEMO_MODEL_NOTICE = (f"{PROG} summarize: note: no --model given: this is the bundled demo model, which copies a "
+                     f"document's lead and does not summarize (`{PROG} summarize --help` says how to get a real one).")
 
 
 def add_summarize(commands, common):
@@ -192,7 +213,8 @@ def add_summarize(commands, common):
     parser.add_argument("files", nargs="*", metavar="FILE", help="UTF-8 text files (default: standard input)")
     model = parser.add_argument_group("model")
     model.add_argument("--model", metavar="FOLDER_OR_REPO_ID",
-                       help="local model folder or Hub repo id (default: the bundled demo model)")
+                       help="local model folder or Hub repo id (default: the bundled demo model, which only copies "
+                            "a document's lead)")
     model.add_argument("--revision", metavar="REV", help="branch, tag or commit of a Hub repo; a commit pins its code")
     model.add_argument("--trust-remote-code", action="store_true",
                        help="allow a Hub repo's own Python code to run (needed when it ships code)")
@@ -200,10 +222,13 @@ def add_summarize(commands, common):
                        help="where the model runs; auto: GPUs if any (device_map=auto), else the CPU (default: auto)")
     model.add_argument("--dtype", choices=DTYPES, default="auto",
                        help="weight precision; auto: as saved (default: auto)")
+    model.add_argument("--threads", type=positive_int, metavar="N",
+                       help=f"CPU threads (default: 1 for a model at most {SINGLE_THREAD_MAX_WIDTH} wide, else one per "
+                            "core)")
     generation = parser.add_argument_group("generation")
     generation.add_argument("--num-beams", type=positive_int, metavar="N",
                             help="beam search width (default: the model's generation config)")
-    generation.add_argument("--max-length", type=positive_int, metavar="TOKENS",
+    generation.add_argument("--max-length", type=summary_length, metavar="TOKENS",
                             help="longest summary in tokens (default: the model's generation config)")
     generation.add_argument("--batch-size", type=positive_int, default=1, metavar="N",
                             help="documents (with --chunk: windows) per generate call (default: 1)")
@@ -228,14 +253,19 @@ class Document:
 
 
 def run_summarize(args) -> int:
+    if args.chunk_overlap is not None and not args.chunk:
+        raise CommandError("--chunk-overlap only applies with --chunk: add --chunk, or drop --chunk-overlap.")
     documents = read_documents(args.files)
     quiet_library_warnings(args.debug)
-    from .summarize import load_summarizer, resolve_model
+    from .summarize import cpu_threads, load_summarizer, resolve_model
 
     # First the cheap checks of the model (folder, Hub repo, remote code), then the imports and the loading.
     source = resolve_model(args.model, revision=args.revision, trust_remote_code=args.trust_remote_code)
+    if args.model is None:
+        print(DEMO_MODEL_NOTICE, file=sys.stderr)
     hide_weight_loading_bar()
     summarizer = load_summarizer(source, device=args.device, dtype=args.dtype)
+    set_cpu_threads(args.threads or cpu_threads(summarizer.model))
     summaries = summarizer.summarize(
         (document.text for document in documents), batch_size=args.batch_size, chunk=args.chunk,
         chunk_overlap=args.chunk_overlap, num_beams=args.num_beams, max_length=args.max_length,
@@ -245,9 +275,19 @@ def run_summarize(args) -> int:
         for document, summary in zip(documents, summaries):
             if summary.truncated:
                 write_line(truncation_warning(document, summary, summarizer.max_input_tokens), sys.stderr)
+            if not summary.text:
+                write_line(f"warning: {document.label}: the model generated an empty summary; its weights may be "
+                           "damaged (NaN) or untrained.", sys.stderr)
             write_line(format_summary(document, summary, args.format, several), sys.stdout)
             bar.update()
     return 0
+
+
+def set_cpu_threads(threads: int | None) -> None:
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def read_documents(paths: list[str]) -> list[Document]:
@@ -351,8 +391,20 @@ def add_convert_tf(commands, common):
         help="convert an original TensorFlow checkpoint into a Hub repo",
         description="Convert one of Google's original TensorFlow BigBird-Pegasus checkpoints (no TensorFlow "
                     "needed) into a complete Hub repo folder:\nweights, config, generation config, tokenizer, "
-                    "model code and card. Nothing is written if anything fails.\n\nHyperparameters use the original "
-                    "code's names: a --preset, then the run's --params JSON, then --set overrides.",
+                    "model code and card. Nothing is written if anything fails.\n\n"
+                    "Hyperparameters use the original code's names (google-research/bigbird): a --preset, then the "
+                    "run's --params JSON,\nthen --set overrides. The JSON is one flat object of those names, as the "
+                    "original code's params dict:\n"
+                    '  {"hidden_size": 1024, "num_hidden_layers": 16, "num_attention_heads": 16, '
+                    '"intermediate_size": 4096,\n'
+                    '   "vocab_size": 96103, "max_position_embeddings": 4096, "attention_type": "block_sparse", '
+                    '"block_size": 64,\n'
+                    '   "num_rand_blocks": 3, "hidden_act": "gelu", "use_bias": false, "rescale_embedding": true,\n'
+                    '   "norm_type": "prenorm", "couple_encoder_decoder": false, "beam_size": 5, "alpha": 0.8, '
+                    '"max_decoder_length": 256}\n'
+                    "Other flags of the run (learning rate, TPU settings, ...) may be in it and are ignored.\n\n"
+                    "The tokenizer is required: the sentencepiece model the checkpoint was trained with "
+                    "(--spm-model; the released\nmodels use bigbird/vocab/pegasus.model).",
         epilog=examples(
             "convert-tf arxiv/model.ckpt-300000 bigbird-pegasus-arxiv --preset arxiv --spm-model pegasus.model",
             "convert-tf run/model.ckpt-1000 my-repo --params params.json --spm-model pegasus.model "
@@ -362,11 +414,14 @@ def add_convert_tf(commands, common):
     parser.add_argument("checkpoint", metavar="CHECKPOINT_PREFIX",
                         help="checkpoint prefix such as dir/model.ckpt-300000 (or its folder)")
     parser.add_argument("out_dir", metavar="OUT_DIR", help="repo folder to create")
+    parser.add_argument("--spm-model", metavar="FILE", required=True,
+                        help="required: the checkpoint's sentencepiece .model (or a Pegasus tokenizer folder)")
     parser.add_argument("--params", metavar="PARAMS.json",
-                        help="hyperparameters of the original run (needed unless --preset gives them)")
-    parser.add_argument("--preset", choices=tuple(PRESETS), help="hyperparameters of a released checkpoint")
-    parser.add_argument("--spm-model", metavar="FILE",
-                        help="the checkpoint's sentencepiece .model (or a Pegasus tokenizer folder)")
+                        help="hyperparameters of the original run, a flat JSON object (see above; needed unless "
+                             "--preset gives them)")
+    parser.add_argument("--preset", choices=tuple(PRESET_NAMES),
+                        help=f"hyperparameters of a released checkpoint: {', '.join(PRESET_NAMES)} "
+                             "(google/bigbird-pegasus-large-NAME)")
     parser.add_argument("--scope", metavar="NAME", help="top variable scope (default: the params' scope, else pegasus)")
     parser.add_argument("--set", dest="overrides", type=key_value, action="append", default=[],
                         metavar="KEY=VALUE", help="override one hyperparameter; VALUE is JSON or a bare string "
@@ -387,11 +442,15 @@ def key_value(text: str) -> tuple[str, object]:
 def run_convert_tf(args) -> int:
     require_new_folder(args.out_dir, args.overwrite)
     require_exists(args.params, "--params file")
-    require_exists(args.spm_model, "--spm-model")
+    require_checkpoint(args.checkpoint)
+    repo_files.check_tokenizer_source(args.spm_model)
+    from .conversion.params import checked_params  # no torch: the hyperparameters are checked at once
+
+    checked_params(args.params, preset=args.preset, overrides=dict(args.overrides))
     from .conversion.tf_to_plugin import convert_tf_checkpoint
 
     out_dir = convert_tf_checkpoint(
-        args.checkpoint, args.out_dir, params=args.params, preset=PRESETS.get(args.preset),
+        args.checkpoint, args.out_dir, params=args.params, preset=args.preset,
         overrides=dict(args.overrides), spm_model=args.spm_model, scope=args.scope, overwrite=args.overwrite,
     )
     print(f"Converted {args.checkpoint} into {out_dir}")
@@ -409,19 +468,29 @@ def add_upgrade(commands, common):
         epilog=examples(
             "upgrade google/bigbird-pegasus-large-arxiv bigbird-pegasus-arxiv",
             "upgrade ./old-model ./new-repo --overwrite",
+            "upgrade ./weights-only-folder ./new-repo --tokenizer pegasus.model",
         ),
     )
     parser.add_argument("src", metavar="SRC", help="built-in model folder or Hub repo id")
     parser.add_argument("out_dir", metavar="OUT_DIR", help="repo folder to create")
     parser.add_argument("--revision", metavar="REV", help="branch, tag or commit of a Hub repo SRC")
+    parser.add_argument("--tokenizer", metavar="DIR_OR_SPM",
+                        help="a Pegasus tokenizer folder or sentencepiece .model file, for a SRC without tokenizer "
+                             "files (default: SRC's tokenizer)")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
 
 
 def run_upgrade(args) -> int:
     require_new_folder(args.out_dir, args.overwrite)
+    require_exists(args.tokenizer, "--tokenizer")
+    if Path(args.src).is_dir():
+        if args.revision is not None:
+            raise CommandError(f"{args.src} is a local folder: --revision only applies to Hub repo ids. Drop it.")
+        repo_files.check_builtin_folder(args.src, tokenizer_given=args.tokenizer is not None)
     from .conversion.upgrade import upgrade_builtin
 
-    out_dir = upgrade_builtin(args.src, args.out_dir, revision=args.revision, overwrite=args.overwrite)
+    out_dir = upgrade_builtin(args.src, args.out_dir, revision=args.revision, tokenizer=args.tokenizer,
+                              overwrite=args.overwrite)
     print(f"Upgraded {args.src} into {out_dir}")
     print(next_steps(out_dir))
     return 0
@@ -455,18 +524,18 @@ def run_build(args) -> int:
     require_exists(args.config, "--config")
     require_exists(args.weights, "--weights")
     require_exists(args.tokenizer, "--tokenizer")
+    if Path(args.config).is_dir():
+        raise CommandError(f"--config {args.config} is a folder: give its config.json file.")
+    repo_files.read_model_config(args.config, "--config")
     if Path(args.weights).suffix != ".safetensors":
         raise CommandError(f"--weights {args.weights} is not a .safetensors file: save the weights with "
                            "safetensors (model.save_pretrained does by default).")
-    from safetensors import SafetensorError
-
+    repo_files.check_safetensors_file(args.weights)
+    repo_files.check_tokenizer_source(args.tokenizer)
     from .repo import build_repo
 
-    try:
-        out_dir = build_repo(args.out_dir, config=args.config, state_dict=args.weights, tokenizer=args.tokenizer,
-                             description=args.description, overwrite=args.overwrite)
-    except SafetensorError as error:
-        raise CommandError(f"Cannot read the weights {args.weights} ({error}): is the file complete?") from error
+    out_dir = build_repo(args.out_dir, config=args.config, state_dict=args.weights, tokenizer=args.tokenizer,
+                         description=args.description, overwrite=args.overwrite)
     print(f"Built {out_dir}")
     print(next_steps(out_dir))
     return 0
@@ -495,6 +564,7 @@ def add_push(commands, common):
 
 def run_push(args) -> int:
     require_exists(args.folder, "FOLDER")
+    repo_files.check_repo(args.folder)  # complete, and referencing only its own code: before any upload
     from .hub import PushError, push_repo
 
     try:
@@ -513,6 +583,186 @@ def run_push(args) -> int:
     return 0
 
 
+EXPORT_ONNX_DESCRIPTION = """\
+Export a model folder (made by build, convert-tf or upgrade) to ONNX, with its real block-sparse attention and
+original random blocks. OUT_DIR gets encoder_model.onnx, decoder_model.onnx and decoder_with_past_model.onnx
+(each with its weights in <file>_data), config.json, generation_config.json and the tokenizer: the layout that
+Optimum's ORTModelForSeq2SeqLM loads (transformers 4.x), as does this package's own ONNX Runtime runner
+(transformers 4.57 and 5.x). The encoder pads every input to max_position_embeddings tokens inside the graph,
+as Google's original code padded to max_encoder_length. Nothing is written if anything fails.
+
+Needs the onnx extra: pip install "bigbird-pegasus-hub[onnx]"."""
+
+
+def add_export_onnx(commands, common):
+    from .onnx_export import DEFAULT_OPSET, DTYPES, MAX_OPSET, MIN_OPSET
+
+    parser = add_command(
+        commands, "export-onnx", common, run_export_onnx,
+        help="export a model folder to ONNX (ONNX Runtime, Optimum)",
+        description=EXPORT_ONNX_DESCRIPTION,
+        epilog=examples(
+            "export-onnx my-repo my-repo-onnx",
+            "export-onnx my-repo my-repo-onnx-fp16 --dtype fp16 --opset 22 --overwrite",
+        ),
+    )
+    parser.add_argument("model", metavar="MODEL", help="model folder (made by build, convert-tf or upgrade)")
+    parser.add_argument("out_dir", metavar="OUT_DIR", help="folder to create")
+    parser.add_argument("--dtype", choices=DTYPES, default="fp32",
+                        help="precision of weights and activations; fp16 is for GPUs (default: fp32)")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, metavar="N",
+                        help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET} (default: {DEFAULT_OPSET})")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
+
+
+def run_export_onnx(args) -> int:
+    from .onnx_export import check_export_request, export_onnx, quiet_exporter
+
+    # The cheap checks first (options, folders, packages): a mistake is reported before torch is imported.
+    check_export_request(Path(args.model), Path(args.out_dir), dtype=args.dtype, opset=args.opset,
+                         overwrite=args.overwrite)
+    quiet_library_warnings(args.debug)
+    hide_weight_loading_bar()
+    with quiet_exporter(args.debug):
+        out_dir = export_onnx(args.model, args.out_dir, dtype=args.dtype, opset=args.opset, overwrite=args.overwrite)
+    print(f"Exported {args.model} to ONNX in {out_dir}")
+    print("Run it on ONNX Runtime (transformers 4.57 or 5.x):\n"
+          "  from bigbird_pegasus_hub.onnx_model import OnnxBigBirdPegasusForConditionalGeneration\n"
+          f"  model = OnnxBigBirdPegasusForConditionalGeneration.from_pretrained({str(out_dir)!r})\n"
+          "or with Optimum (optimum-onnx, transformers < 4.58): ORTModelForSeq2SeqLM.from_pretrained(the same folder)")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# finetune
+
+
+FINETUNE_DESCRIPTION = """\
+Fine-tune MODEL (a plugin repo folder, or a Hub repo id) on your documents and their summaries, and write the
+result to OUT_DIR as a complete plugin repo (tokenizer and generation config included) that `summarize --model
+OUT_DIR` and `push` accept. OUT_DIR appears only when training is done.
+
+The corpus: a JSON Lines (.jsonl), CSV (.csv) or Parquet (.parquet) file with a document column and a summary
+column (--text-column, default 'document'; --summary-column, default 'summary'). With --validation, the model
+summarizes the validation documents at every evaluation and reports ROUGE-1, ROUGE-2 and ROUGE-Lsum (rouge_score,
+with stemming, as Google's evaluation).
+
+Training: transformers' Seq2SeqTrainer, gradient checkpointing on (--no-gradient-checkpointing turns it off), --bf16
+mixed precision, --lora for PEFT LoRA on the attention projections (merged into OUT_DIR's weights, or saved alone
+with --save-adapter). Checkpoints go to OUT_DIR-checkpoints (--checkpoint-dir) every --save-steps steps; --resume
+continues from the last one. They are removed once OUT_DIR is written, unless --keep-checkpoints.
+
+Several GPUs: accelerate launch --multi_gpu --num_processes N -m bigbird_pegasus_hub.cli finetune ...
+(--batch-size is per process).
+
+Needs the `train` extra: pip install "bigbird-pegasus-hub[train]"."""
+
+
+def add_finetune(commands, common):
+    from .finetune import DEFAULT_LEARNING_RATE, DEFAULT_LORA_LEARNING_RATE, DEFAULT_SUMMARY_COLUMN, DEFAULT_TEXT_COLUMN
+
+    parser = add_command(
+        commands, "finetune", common, run_finetune,
+        help="fine-tune a model on your documents and summaries",
+        description=FINETUNE_DESCRIPTION,
+        epilog=examples(
+            "finetune hub_repo my-model --train train.jsonl --validation val.jsonl",
+            "finetune ./arxiv-plugin my-model --train papers.parquet --text-column article --summary-column abstract "
+            "--batch-size 2 --gradient-accumulation 8 --bf16",
+            "finetune ./arxiv-plugin my-model --train train.csv --lora --lora-rank 32 --max-steps 2000",
+            "finetune ./arxiv-plugin my-model --train train.jsonl --resume",
+        ),
+    )
+    parser.add_argument("model", metavar="MODEL", help="plugin repo folder or Hub repo id to start from")
+    parser.add_argument("out_dir", metavar="OUT_DIR", help="repo folder to create")
+    data = parser.add_argument_group("data")
+    data.add_argument("--train", dest="train_file", required=True, metavar="FILE",
+                      help="training corpus: .jsonl, .csv or .parquet")
+    data.add_argument("--validation", dest="validation_file", metavar="FILE",
+                      help="validation corpus (same format): loss and ROUGE at every evaluation")
+    data.add_argument("--text-column", default=DEFAULT_TEXT_COLUMN, metavar="NAME",
+                      help=f"column of the documents (default: {DEFAULT_TEXT_COLUMN})")
+    data.add_argument("--summary-column", default=DEFAULT_SUMMARY_COLUMN, metavar="NAME",
+                      help=f"column of the summaries (default: {DEFAULT_SUMMARY_COLUMN})")
+    data.add_argument("--max-source-length", type=positive_int, metavar="TOKENS",
+                      help="longer documents are cut (default: as many tokens as the model reads)")
+    data.add_argument("--max-target-length", type=positive_int, default=256, metavar="TOKENS",
+                      help="longer summaries are cut; also the longest validation summary (default: 256)")
+    model = parser.add_argument_group("model")
+    model.add_argument("--revision", metavar="REV", help="branch, tag or commit of a Hub repo MODEL")
+    model.add_argument("--trust-remote-code", action="store_true",
+                       help="allow a Hub repo's own Python code to run (needed when it ships code)")
+    training = parser.add_argument_group("training")
+    training.add_argument("--learning-rate", type=positive_float, metavar="LR",
+                          help=f"peak learning rate, decaying linearly (default: {DEFAULT_LEARNING_RATE:g}, with "
+                               f"--lora {DEFAULT_LORA_LEARNING_RATE:g})")
+    length = training.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=positive_float, default=3.0, metavar="N",
+                        help="passes over the training corpus (default: 3)")
+    length.add_argument("--max-steps", type=positive_int, metavar="N", help="optimizer steps, instead of --epochs")
+    training.add_argument("--batch-size", type=positive_int, default=1, metavar="N",
+                          help="documents per step and process (default: 1)")
+    training.add_argument("--gradient-accumulation", type=positive_int, default=1, metavar="N",
+                          help="batches per optimizer step (default: 1)")
+    training.add_argument("--no-gradient-checkpointing", dest="gradient_checkpointing", action="store_false",
+                          help="keep activations instead of recomputing them: faster, needs more memory")
+    training.add_argument("--bf16", action="store_true",
+                          help="bfloat16 mixed precision (GPUs since Ampere, recent CPUs)")
+    training.add_argument("--lora", action="store_true",
+                          help="train PEFT LoRA adapters on the attention projections instead of all weights")
+    training.add_argument("--lora-rank", type=positive_int, default=16, metavar="R",
+                          help="rank of the LoRA matrices; alpha is 2 * R (default: 16)")
+    training.add_argument("--save-adapter", action="store_true",
+                          help="with --lora: write only the adapter (and tokenizer) to OUT_DIR, not a merged model")
+    training.add_argument("--seed", type=non_negative_int, default=42, help="random seed (default: 42)")
+    evaluation = parser.add_argument_group("checkpoints and evaluation")
+    evaluation.add_argument("--checkpoint-dir", metavar="DIR",
+                            help="where checkpoints go (default: OUT_DIR-checkpoints)")
+    evaluation.add_argument("--save-steps", type=positive_int, default=500, metavar="N",
+                            help="save a checkpoint every N steps (default: 500)")
+    evaluation.add_argument("--eval-steps", type=positive_int, metavar="N",
+                            help="evaluate every N steps and after the last (default: --save-steps)")
+    evaluation.add_argument("--logging-steps", type=positive_int, default=25, metavar="N",
+                            help="print the training loss every N steps (default: 25)")
+    evaluation.add_argument("--num-beams", type=positive_int, metavar="N",
+                            help="beam width of the validation summaries (default: the model's generation config)")
+    evaluation.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    evaluation.add_argument("--keep-checkpoints", action="store_true", help="keep the checkpoints after success")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace OUT_DIR if it exists (and start over, without --resume)")
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number above 0, got {text}")
+    return value
+
+
+def run_finetune(args) -> int:
+    from dataclasses import fields
+
+    from .finetune import FinetuneOptions, check_options, finetune, last_checkpoint
+
+    options = FinetuneOptions(**{option.name: getattr(args, option.name) for option in fields(FinetuneOptions)})
+    check_options(options)
+    quiet_library_warnings(args.debug)
+    try:
+        result = finetune(options, notify=lambda line: write_line(line, sys.stderr))
+    except KeyboardInterrupt:
+        if last_checkpoint(options.checkpoint_dir) is not None:
+            write_line(f"{PROG} finetune: the checkpoints in {options.checkpoint_dir} stay: run the same command with "
+                       "--resume to continue.", sys.stderr)
+        raise
+    if result.main_process:  # the other processes of a multi-process run write nothing
+        print(result.report())
+        print(f"Saved the LoRA adapter to {options.out_dir}" if options.save_adapter else
+              f"Saved {options.out_dir}\n{next_steps(options.out_dir)}")
+    return 0
+
+
 def require_exists(path: str | None, what: str) -> None:
     if path is not None and not Path(path).exists():
         raise CommandError(f"{what} {path} does not exist: check the path.")
@@ -522,6 +772,14 @@ def require_new_folder(out_dir: str, overwrite: bool) -> None:
     """Refuses before the long work what the repo builders would refuse after it."""
     if Path(out_dir).exists() and not overwrite:
         raise CommandError(f"{out_dir} already exists: choose another folder, or pass --overwrite to replace it.")
+    check_output_path(out_dir, overwrite=overwrite)  # a parent that is a file; a file where the folder would go
+
+
+def require_checkpoint(prefix: str) -> None:
+    path = Path(prefix)
+    if not (path.exists() or path.with_name(f"{path.name}.index").is_file()):
+        raise CommandError(f"No checkpoint at {prefix}: neither {prefix}.index nor a folder of that name exists. "
+                           "Pass a checkpoint prefix such as dir/model.ckpt-300000, or its folder.")
 
 
 def next_steps(out_dir) -> str:

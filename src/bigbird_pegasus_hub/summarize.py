@@ -23,7 +23,7 @@ inputs, and fails fast on a bad one, without paying seconds for those imports.
 
 from __future__ import annotations
 
-import json
+import logging
 import re
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -31,39 +31,59 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .repo_files import RepoError, check_model_folder, foreign_references, listed, read_json_object
+from .text import NEWLINE_TOKEN, decode_newlines, encode_newlines
+
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = [
     "DEFAULT_MODEL_DIR",
     "DEVICES",
+    "SINGLE_THREAD_MAX_WIDTH",
     "DTYPES",
     "ModelSource",
     "SummarizeError",
     "Summarizer",
     "Summary",
+    "cpu_threads",
     "load_summarizer",
     "resolve_model",
     "token_windows",
 ]
 
-# The demo model of the source checkout. A wheel does not ship it: pass a model explicitly there.
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "hub_repo"
+
+
+def _demo_repo_dir() -> Path:
+    """The bundled demo model: the package's data folder `demo_repo/` (pyproject.toml installs the checkout's
+    `hub_repo/` there), or, for a source checkout (an editable install, where the package is `src/...`), the checkout's
+    own `hub_repo/`. Only the package's own folders count: an installed package never looks beside itself."""
+    package = Path(__file__).resolve().parent
+    if package.parent.name == "src" and not (package / "demo_repo").exists():
+        return package.parents[1] / "hub_repo"
+    return package / "demo_repo"
+
+
+DEFAULT_MODEL_DIR = _demo_repo_dir()
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 MODEL_TYPE = "bigbird_pegasus"
 
+# Models at most this wide generate on one CPU thread (see `cpu_threads`).
+SINGLE_THREAD_MAX_WIDTH = 256
 # Used when neither the caller nor the model's generation config sets them, as the plugin's summarization pipeline.
 FALLBACK_GENERATION = {"max_new_tokens": 256, "num_beams": 4}
 # Windows overlap by this share of their length, so that no sentence is only seen cut in two.
 DEFAULT_OVERLAP_SHARE = 1 / 8
 
-NEWLINE_TOKEN = "<n>"
-_NEWLINE_TOKEN_WITH_SPACES = re.compile(r"\s*" + re.escape(NEWLINE_TOKEN) + r"\s*")
+# Weights a checkpoint may leave out: the model fills them in (a zero logits bias; tied copies of the embeddings).
+OPTIONAL_WEIGHTS = frozenset({"final_logits_bias"})
 # "name" or "owner/name": anything else (./x, /x, a/b/c, ~/x) can only be a local path.
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 # Tokenizers that set no `model_max_length` report this huge placeholder.
 _UNSET_MODEL_MAX_LENGTH = int(1e20)
+
+logger = logging.getLogger(__name__)
 
 
 class SummarizeError(ValueError):
@@ -129,14 +149,17 @@ def _local_source(path: Path, *, bundled: bool = False, revision: str | None = N
         raise SummarizeError(f"--revision only applies to Hub repo ids, but {path} is a local folder: drop it.")
     if not (path / "config.json").is_file():
         raise SummarizeError(_missing_config_message(path, bundled))
-    _check_model_type(_read_json(path / "config.json"), str(path))
+    try:
+        check_model_folder(path)  # config.json, weights (complete safetensors files), tokenizer files
+    except RepoError as error:
+        raise SummarizeError(str(error)) from None
     return ModelSource(str(path))
 
 
 def _missing_config_message(path: Path, bundled: bool) -> str:
     if bundled:
-        return (f"The bundled demo model is missing ({path} has no config.json; an installed wheel does not ship it): "
-                "pass a model folder or a Hub repo id with --model.")
+        return (f"The bundled demo model is missing ({path} has no config.json): reinstall the package, or pass a "
+                "model folder or a Hub repo id with --model.")
     if not path.exists():
         return f"Model folder {path} does not exist: pass a model folder or a Hub repo id (owner/name) to --model."
     return (f"{path} has no config.json, so it is not a model folder: pass a folder made by `bigbird-pegasus build` "
@@ -146,9 +169,16 @@ def _missing_config_message(path: Path, bundled: bool) -> str:
 def _hub_source(repo_id: str, revision: str | None, trust_remote_code: bool) -> ModelSource:
     commit = _resolve_commit(repo_id, revision)
     config = _read_json(_download_config(repo_id, commit))
+    _check_model_type(config, repo_id)
     if "auto_map" not in config:
-        _check_model_type(config, repo_id)
         return ModelSource(repo_id, revision=commit)  # no code in the repo: our classes load it
+    foreign = foreign_references(config)
+    if foreign:
+        raise SummarizeError(
+            f"Hub repo {repo_id} makes transformers import another repo's code ({'; '.join(foreign)}), which its "
+            "revision does not pin: refusing to run it. Use a repo that carries its own code (made by "
+            "`bigbird-pegasus push`)."
+        )
     if not trust_remote_code:
         pin = "" if revision else " with --revision COMMIT"
         raise SummarizeError(
@@ -208,12 +238,9 @@ def _unreachable_message(repo_id: str, error: Exception) -> str:
 
 def _read_json(path: Path) -> dict:
     try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise SummarizeError(f"{path} is not valid JSON ({error}): rebuild the model folder.") from None
-    if not isinstance(content, dict):
-        raise SummarizeError(f"{path} does not hold a JSON object: rebuild the model folder.")
-    return content
+        return read_json_object(path)
+    except RepoError as error:
+        raise SummarizeError(str(error)) from None
 
 
 def _check_model_type(config: dict, where: str) -> None:
@@ -242,8 +269,8 @@ def load_summarizer(
     """Loads a model and its tokenizer for summarizing.
 
     Args:
-        model: a local model folder, a Hub repo id, None for the bundled demo model (`hub_repo/` of the source
-            checkout), or a `ModelSource` from `resolve_model` (then `revision` and `trust_remote_code` are unused).
+        model: a local model folder, a Hub repo id, None for the bundled demo model (`DEFAULT_MODEL_DIR`), or a
+            `ModelSource` from `resolve_model` (then `revision` and `trust_remote_code` are unused).
         revision: branch, tag or commit of a Hub repo; it is resolved to a commit once, and everything (weights,
             tokenizer, code) is read at that commit.
         trust_remote_code: allow a Hub repo's own Python code to run (needed when its config.json has `auto_map`).
@@ -258,6 +285,20 @@ def load_summarizer(
         source = resolve_model(model, revision=revision, trust_remote_code=trust_remote_code)
     _check_device(device)
     return Summarizer(*_load_model_and_tokenizer(source, device, dtype))
+
+
+def cpu_threads(model: PreTrainedModel) -> int | None:
+    """The CPU threads that suit generating with `model`: 1 for a model on the CPU at most SINGLE_THREAD_MAX_WIDTH
+    wide (such as the bundled demo model), None (torch's default, one per core) otherwise.
+
+    A decoding step of a narrow model is a few small matrix products (the demo model's: 5 beams x 64 x 64). Split
+    over threads, each costs more than it computes: the other threads must be woken and waited for, and on a busy
+    machine that means waiting for the scheduler. On this project's shared 2-core machine the demo model's main job
+    took 20-30x longer with 2 threads than with one; one thread is never slower for it.
+    """
+    if model.device.type != "cpu" or getattr(model.config, "d_model", None) is None:
+        return None
+    return 1 if model.config.d_model <= SINGLE_THREAD_MAX_WIDTH else None
 
 
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
@@ -275,22 +316,79 @@ def _check_device(device: str) -> None:
 
 
 def _load_model_and_tokenizer(source: ModelSource, device: str, dtype: str):
-    import torch
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+    return _load_model(source, device, dtype), _load_tokenizer(source)
 
-    weights = {"device_map": device, "dtype": dtype if dtype == "auto" else getattr(torch, dtype)}
-    hub = {"revision": source.revision} if source.revision else {}
+
+def _load_model(source: ModelSource, device: str, dtype: str):
+    """The model, refused if its weights do not fit its config: missing weights would be random, unexpected ones
+    dropped, and either way the summaries quietly wrong."""
+    import torch
+    from safetensors import SafetensorError
+
+    options = {
+        "device_map": device, "dtype": dtype if dtype == "auto" else getattr(torch, dtype),
+        # Misshapen weights are then reported with the others, rather than by a bare RuntimeError.
+        "output_loading_info": True, "ignore_mismatched_sizes": True,
+        **({"revision": source.revision} if source.revision else {}),
+    }
     if source.remote_code:
+        from transformers import AutoModelForSeq2SeqLM
+
         # Explicitly: the auto_map's code is read at the checked commit too.
-        model = AutoModelForSeq2SeqLM.from_pretrained(source.location, trust_remote_code=True,
-                                                      code_revision=source.revision, **hub, **weights)
-        tokenizer = AutoTokenizer.from_pretrained(source.location, trust_remote_code=True, **hub)
+        load, options = AutoModelForSeq2SeqLM.from_pretrained, {**options, "trust_remote_code": True,
+                                                                "code_revision": source.revision}
     else:
         from .plugin.modeling_bigbird_pegasus import BigBirdPegasusForConditionalGeneration
 
-        model = BigBirdPegasusForConditionalGeneration.from_pretrained(source.location, **hub, **weights)
-        tokenizer = AutoTokenizer.from_pretrained(source.location, trust_remote_code=False, **hub)
-    return model.eval(), tokenizer
+        load = BigBirdPegasusForConditionalGeneration.from_pretrained
+    try:
+        model, loading_info = load(source.location, **options)
+    except SafetensorError as error:
+        raise SummarizeError(f"The weights of {source.location} cannot be read ({error}): the file is damaged or "
+                             "incomplete; download or build the model again.") from None
+    _check_loading_info(model, loading_info, source.location)
+    return model.eval()
+
+
+def _check_loading_info(model, loading_info: dict, where: str) -> None:
+    loaded_aliases = _names_sharing_a_tensor(model)
+    missing = loading_info.get("missing_keys") or ()
+    problems = {
+        # A tied weight (the decoder's embeddings, lm_head) is filled in from the one it shares a tensor with.
+        "missing": [name for name in missing if name not in OPTIONAL_WEIGHTS
+                    and not any(alias not in missing for alias in loaded_aliases.get(name, ()))],
+        "unexpected": list(loading_info.get("unexpected_keys") or ()),
+        # transformers 5 lists (name, saved shape, model shape), 4.57 the names.
+        "of the wrong shape": [item if isinstance(item, str) else f"{item[0]} {list(item[1])} (the config needs "
+                               f"{list(item[2])})" for item in loading_info.get("mismatched_keys") or ()],
+    }
+    found = [f"{what}: {listed(sorted(names))}" for what, names in problems.items() if names]
+    if found:
+        raise SummarizeError(
+            f"The weights of {where} do not fit its config.json ({'; '.join(found)}): the model would summarize "
+            "wrongly. Rebuild the repo from the weights and the config they were trained with."
+        )
+
+
+def _names_sharing_a_tensor(model) -> dict[str, list[str]]:
+    """For each parameter name, the other names of the same tensor (tied weights)."""
+    names_of = {}
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        names_of.setdefault(id(parameter), []).append(name)
+    return {name: [other for other in names if other != name] for names in names_of.values() for name in names}
+
+
+def _load_tokenizer(source: ModelSource):
+    """The tokenizer, never with remote code: a plugin repo's tokenizer is one of transformers' own classes."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(source.location, trust_remote_code=False,
+                                             **({"revision": source.revision} if source.revision else {}))
+    except Exception as error:  # tokenizers and sentencepiece raise bare Exceptions for damaged files
+        raise SummarizeError(f"The tokenizer of {source.location} does not load ({_first_line(error)}): it must be "
+                             "one of transformers' tokenizers (a Pegasus tokenizer), loadable without remote code; "
+                             "rebuild the repo with `bigbird-pegasus build`.") from None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -301,6 +399,11 @@ class Summarizer:
     """Summarizes documents with a loaded encoder-decoder model and its tokenizer, calling `generate` directly."""
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase):
+        vocab_size = model.config.vocab_size
+        if len(tokenizer) > vocab_size:
+            raise SummarizeError(f"The tokenizer has {len(tokenizer)} ids but the model's vocabulary has only "
+                                 f"{vocab_size} (vocab_size): they do not belong together. Load the tokenizer the model "
+                                 "was trained with.")
         self.model = model
         self.tokenizer = tokenizer
         self.max_input_tokens = _max_input_tokens(model.config, tokenizer)
@@ -313,7 +416,7 @@ class Summarizer:
 
     def summarize(
         self,
-        documents: Iterable[str],
+        documents: str | Iterable[str],
         *,
         batch_size: int = 1,
         chunk: bool = False,
@@ -323,22 +426,33 @@ class Summarizer:
         """Yields one `Summary` per document, in order, as soon as its batch is done.
 
         Args:
+            documents: the texts to summarize. A single string is one document (as in transformers' pipelines): it
+                gives one `Summary`. No documents give no summaries.
             batch_size: documents per `generate` call; with `chunk=True`, windows of one document per call.
             chunk: split documents longer than `max_input_tokens` into overlapping windows instead of cutting them.
             chunk_overlap: tokens that consecutive windows share (default: an eighth of a window).
             generate_kwargs: `generate()` arguments such as `num_beams` or `max_length` (None values are ignored),
                 over the model's generation config.
         """
+        if isinstance(documents, str):
+            documents = [documents]
         if batch_size < 1:
             raise SummarizeError(f"batch_size must be at least 1, got {batch_size}.")
+        if chunk_overlap is not None and not chunk:
+            raise SummarizeError("chunk_overlap only applies with chunk=True (--chunk): drop it, or chunk.")
         overlap = self._overlap(chunk_overlap) if chunk else 0
         generate_kwargs = self._generate_kwargs(generate_kwargs)
         if chunk:
-            for document in documents:
-                yield self._summarize_in_windows(document, batch_size, overlap, generate_kwargs)
+            summaries = (self._summarize_in_windows(document, batch_size, overlap, generate_kwargs)
+                         for document in documents)
         else:
-            for batch in _batches(documents, batch_size):
-                yield from self._summarize_batch(batch, generate_kwargs)
+            summaries = (summary for batch in _batches(documents, batch_size)
+                         for summary in self._summarize_batch(batch, generate_kwargs))
+        for summary in summaries:
+            if not summary.text:
+                logger.warning("The model generated an empty summary: its weights may be damaged (NaN), or it is "
+                               "untrained.")
+            yield summary
 
     def _summarize_batch(self, documents: list[str], generate_kwargs: dict) -> list[Summary]:
         start = time.perf_counter()
@@ -366,13 +480,11 @@ class Summarizer:
 
     def _tokens(self, document: str) -> list[int]:
         """The document's token ids, without special tokens, with line breaks as `<n>` if the model knows it."""
-        text = document.strip()
+        if not isinstance(document, str):
+            raise TypeError(f"Documents to summarize must be strings, got {type(document).__name__}.")
+        text = encode_newlines(document) if self._writes_newlines else document.strip()
         if not text:
             raise SummarizeError("Cannot summarize an empty document (it is empty or only whitespace).")
-        if self._writes_newlines:
-            from .tokenizer import encode_newlines
-
-            text = encode_newlines(text)
         # verbose=False: the tokenizer's own too-long warning would precede (and contradict) our accounting.
         return self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
 
@@ -401,7 +513,7 @@ class Summarizer:
 
     def _decode(self, token_ids) -> str:
         text = self.tokenizer.decode(token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-        return _NEWLINE_TOKEN_WITH_SPACES.sub("\n", text).strip()
+        return decode_newlines(text)
 
     def _generate_kwargs(self, call_kwargs: dict) -> dict:
         """The caller's settings, then the fallbacks for what neither the caller nor the model's config sets."""

@@ -28,12 +28,13 @@ from sentencepiece import sentencepiece_model_pb2
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import Unigram
 
+from .text import NEWLINE_TOKEN, encode_newlines
+
 PAD_TOKEN = "<pad>"
 EOS_TOKEN = "</s>"
 UNK_TOKEN = "<unk>"
 MASK_TOKEN = "<mask_2>"  # masks single words (MLM)
 MASK_TOKEN_SENT = "<mask_1>"  # masks whole sentences (gap-sentence generation)
-NEWLINE_TOKEN = "<n>"
 PEGASUS_OFFSET = 103
 DEFAULT_VOCAB_SIZE = 1000
 DEFAULT_MODEL_MAX_LENGTH = 4096
@@ -42,9 +43,6 @@ SPIECE_MODEL_FILE = "spiece.model"
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
-
-# A run of whitespace holding at least one line break: one `<n>`, with no stray spaces around it.
-_LINE_BREAK = re.compile(r"\s*\n\s*")
 
 __all__ = [
     "DEFAULT_VOCAB_SIZE",
@@ -61,11 +59,6 @@ __all__ = [
 def bundled_corpus_path() -> Path:
     """The small English corpus shipped with the package, enough to train about 1000 pieces."""
     return Path(__file__).parent / "data" / "corpus.txt"
-
-
-def encode_newlines(text: str) -> str:
-    """Writes line breaks as Pegasus' `<n>` token, the way its training data (and our pipeline) spell them."""
-    return _LINE_BREAK.sub(NEWLINE_TOKEN, text.strip())
 
 
 def pegasus_reserved_tokens(offset: int = PEGASUS_OFFSET) -> list[str]:
