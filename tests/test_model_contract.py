@@ -318,6 +318,9 @@ def test_wrong_decoder_masks_say_what_is_expected(model, inputs):
 # ----------------------------------------------------------------------------------------------------------------
 
 
+# torch deprecates its eager quantization in favour of torchao; it is still what users run, and what the issue names.
+@pytest.mark.filterwarnings("ignore:torch.ao.quantization is deprecated:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor, torch.quantize_per_channel:UserWarning")
 @pytest.mark.parametrize("num_beams", [1, 3])
 def test_int8_dynamic_quantization_generates(model, inputs, num_beams):
     quantized = torch.ao.quantization.quantize_dynamic(

@@ -10,7 +10,7 @@ import torch
 
 from bigbird_pegasus_hub.plugin import modeling_bigbird_pegasus as ours
 from bigbird_pegasus_hub.plugin.block_sparse_layout import block_sparse_layout
-from tiny import max_abs_diff, random_inputs, tiny_config
+from tiny import enable_checkpointing, max_abs_diff, random_inputs, tiny_config
 
 
 def model_pair(**overrides):
@@ -164,7 +164,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         sparse, _ = model_pair()
         sparse.train()
         if checkpointing:
-            sparse.gradient_checkpointing_enable()
+            enable_checkpointing(sparse)
         input_ids, attention_mask = random_inputs(length=640)
         loss = sparse(input_ids=input_ids, attention_mask=attention_mask, labels=input_ids[:, :8].contiguous()).loss
         loss.backward()

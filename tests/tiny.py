@@ -104,3 +104,9 @@ def word_level_tokenizer(folder, num_ids):
               "unk_token": "<unk>"}
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
     return folder
+
+
+def enable_checkpointing(model) -> None:
+    """transformers 5 renamed gradient checkpointing to activation checkpointing; the old name warns."""
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable({"use_reentrant": False})
