@@ -63,7 +63,8 @@ def model_config(args, attention_type="block_sparse", **options) -> BigBirdPegas
 
 
 def builtin_config(config: BigBirdPegasusConfig):
-    values = {k: v for k, v in config.to_dict().items() if k not in ("layer_norm_eps", "auto_map", "architectures")}
+    values = {k: v for k, v in config.to_dict().items()
+              if k not in ("layer_norm_eps", "auto_map", "custom_pipelines", "architectures")}
     return transformers.BigBirdPegasusConfig(**values)
 
 

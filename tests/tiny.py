@@ -30,7 +30,8 @@ def tiny_config(**overrides) -> BigBirdPegasusConfig:
 
 def builtin_config(config: BigBirdPegasusConfig):
     """transformers' built-in config with the same values (it has no layer_norm_eps: keep ours at 1e-5)."""
-    values = {k: v for k, v in config.to_dict().items() if k not in ("layer_norm_eps", "auto_map", "architectures")}
+    values = {k: v for k, v in config.to_dict().items()
+              if k not in ("layer_norm_eps", "auto_map", "custom_pipelines", "architectures")}
     return transformers.BigBirdPegasusConfig(**values)
 
 
