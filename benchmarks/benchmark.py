@@ -1,15 +1,21 @@
 """Speed and memory of our BigBirdPegasus against transformers' built-in model, with the same weights.
 
-Encoder forward (interleaved repeats, medians) for four variants of one encoder:
+Encoder forward (interleaved repeats, medians) for variants of one encoder:
   ours      our block_sparse attention
   builtin   transformers' built-in block_sparse encoder (eval mode)
   dense     our encoder with attention_type="original_full" (dense SDPA)
   floor     our encoder with the attention core skipped (projections, FFN and LayerNorms only)
+  compiled  ours under torch.compile (Inductor, fullgraph; not in the default set)
+  padded    ours with pad_to_multiple_of=1024, the original code's grid (not in the default set)
 plus each variant's peak memory (a fresh subprocess per measurement) and greedy / beam-search generation speed
-of ours against the built-in from the same encoder output. See benchmarks/README.md.
+of ours against the built-in from the same encoder output (with --compile also ours with a static cache, eager
+and compiled). See benchmarks/README.md.
 
     python benchmarks/benchmark.py --quick
     python benchmarks/benchmark.py --lengths 4096 8192 --batch 1 --markdown benchmarks/results_cpu.md
+    python benchmarks/benchmark.py --variants ours compiled --lengths 4096 --no-memory --no-generate
+    python benchmarks/benchmark.py --variants ours padded --lengths 500 1500 3000 --no-memory --no-generate
+    python benchmarks/benchmark.py --no-encoder --no-memory --compile
     python benchmarks/benchmark.py --device cuda --dtype bf16
 """
 
@@ -34,7 +40,8 @@ from bigbird_pegasus_hub.plugin import modeling_bigbird_pegasus as ours
 from bigbird_pegasus_hub.plugin.configuration_bigbird_pegasus import BigBirdPegasusConfig
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-ENCODER_VARIANTS = ("ours", "builtin", "dense", "floor")
+ENCODER_VARIANTS = ("ours", "builtin", "dense", "floor", "compiled", "padded")
+DEFAULT_VARIANTS = ("ours", "builtin", "dense", "floor")
 # The model of the issue: d_model 512, 8 heads, 4+4 layers, ffn 2048, block 64, 3 random blocks.
 MODEL = dict(
     d_model=512, encoder_layers=4, decoder_layers=4, encoder_attention_heads=8, decoder_attention_heads=8,
@@ -48,15 +55,16 @@ MODEL = dict(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def model_config(args, attention_type="block_sparse") -> BigBirdPegasusConfig:
+def model_config(args, attention_type="block_sparse", **options) -> BigBirdPegasusConfig:
     # Learned positions: lengths beyond the paper's 4096 need a bigger table.
     max_positions = 4096 if max(args.lengths + [args.generate_length]) <= 4096 else 16384
     return BigBirdPegasusConfig(**MODEL, vocab_size=args.vocab_size, max_position_embeddings=max_positions,
-                                attention_type=attention_type)
+                                attention_type=attention_type, **options)
 
 
 def builtin_config(config: BigBirdPegasusConfig):
-    values = {k: v for k, v in config.to_dict().items() if k not in ("layer_norm_eps", "auto_map", "architectures")}
+    values = {k: v for k, v in config.to_dict().items()
+              if k not in ("layer_norm_eps", "auto_map", "custom_pipelines", "architectures")}
     return transformers.BigBirdPegasusConfig(**values)
 
 
@@ -65,12 +73,17 @@ def build_models(args, names=ENCODER_VARIANTS):
     torch.manual_seed(0)
     builtin = transformers.BigBirdPegasusForConditionalGeneration(builtin_config(model_config(args)))
     models = {"builtin": builtin} if "builtin" in names else {}
-    for name, attention_type in (("ours", "block_sparse"), ("dense", "original_full"), ("floor", "block_sparse")):
+    variants = {"ours": model_config(args), "dense": model_config(args, "original_full"), "floor": model_config(args),
+                "compiled": model_config(args), "padded": model_config(args, pad_to_multiple_of=1024)}
+    for name, config in variants.items():
         if name in names:
-            models[name] = ours.BigBirdPegasusForConditionalGeneration(model_config(args, attention_type))
+            models[name] = ours.BigBirdPegasusForConditionalGeneration(config)
             models[name].load_state_dict(builtin.state_dict(), strict=True)
     if "floor" in models:
         skip_attention_core(models["floor"].model.encoder)
+    if "compiled" in models:  # Inductor, one graph per length (static shapes): compiled in each warm-up run
+        models["compiled"].model.encoder = torch.compile(models["compiled"].model.encoder, fullgraph=True,
+                                                         dynamic=False)
     dtype, device = DTYPES[args.dtype], torch.device(args.device)
     return {name: model.to(device=device, dtype=dtype).eval() for name, model in models.items()}
 
@@ -127,8 +140,11 @@ def time_encoders(models, args, length, batch) -> dict:
     }
     seconds = {name: [] for name in runs}
     with torch.inference_mode():
-        for name, run in runs.items():  # warm-up: layouts, allocator, lazy init
-            run()
+        for name, run in runs.items():  # warm-up: layouts, allocator, lazy init, compilation
+            warm_up = timed(run, args.device)
+            if name == "compiled":
+                print(f"compiled encoder L={length} batch={batch}: first call (compilation) {warm_up:.1f} s",
+                      flush=True)
         for _ in range(args.repeats):
             for name, run in runs.items():
                 seconds[name].append(timed(run, args.device))
@@ -186,29 +202,53 @@ def resident_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
+def compiled_decoding_model(model):
+    """A second copy of our model whose forward is compiled (Inductor, one graph, static shapes): with a static
+    cache, every decoding step after the first runs the same compiled graph (transformers' compiled decoding)."""
+    compiled = ours.BigBirdPegasusForConditionalGeneration(model.config).to(model.device, model.dtype).eval()
+    compiled.load_state_dict(model.state_dict())
+    compiled.forward = torch.compile(compiled.forward, fullgraph=True, dynamic=False)
+    return compiled
+
+
+def generation_variants(models, args) -> dict:
+    """name -> (model, extra generate() arguments). With --compile, our model with a static cache is timed eagerly
+    and compiled, so that the table separates the effect of the cache from that of compilation."""
+    static = {"cache_implementation": "static"}
+    variants = {"ours": (models["ours"], {}), "builtin": (models["builtin"], {})}
+    if args.compile:
+        variants["ours static"] = (models["ours"], static)
+        variants["ours compiled"] = (compiled_decoding_model(models["ours"]), static)
+    return variants
+
+
 def time_generation(models, args) -> dict:
-    """Median ms per decoding step, {"greedy" / "4-beam": {"ours", "builtin", "same_tokens"}}, from the same
-    encoder output for both models.
+    """Median ms per decoding step, {"greedy" / "4-beam": {variant: ms, "same_tokens": bool}}, from the same
+    encoder output for every variant (ours, the built-in, and with --compile ours with a static cache and a
+    compiled forward; compilation happens in the warm-up run).
 
     The encoder runs once outside the timing. Without an end-of-sequence token every run decodes exactly
     `new_tokens` steps (`min_new_tokens` would add a logits processor that costs as much as a small model's
-    step). Also checks that both models generate the same tokens."""
+    step). Also checks that all variants generate the same tokens."""
     input_ids, attention_mask = encoder_inputs(args, args.generate_length, 1)
     with torch.inference_mode():
         encoder_states = models["ours"].get_encoder()(input_ids, attention_mask).last_hidden_state
+    variants = generation_variants(models, args)
     results = {}
     for beams in (1, args.beams):
         settings = dict(attention_mask=attention_mask, max_new_tokens=args.new_tokens, eos_token_id=None,
                         num_beams=beams, do_sample=False)
-        outputs, seconds = {}, {"ours": [], "builtin": []}
+        outputs, seconds = {}, {name: [] for name in variants}
 
         def generate(name):
+            model, extra = variants[name]
             encoder_outputs = BaseModelOutput(last_hidden_state=encoder_states.clone())
-            outputs[name] = models[name].generate(encoder_outputs=encoder_outputs, **settings)
+            outputs[name] = model.generate(encoder_outputs=encoder_outputs, **settings, **extra)
 
         with torch.inference_mode():
             for name in seconds:
-                generate(name)  # warm-up
+                warm_up = timed(lambda: generate(name), args.device)  # layouts, allocator, lazy init, compilation
+                print(f"generation warm-up {beams} beam(s), {name}: {warm_up:.1f} s", flush=True)
             for _ in range(args.repeats):
                 for name in seconds:
                     seconds[name].append(timed(lambda: generate(name), args.device))
@@ -216,7 +256,8 @@ def time_generation(models, args) -> dict:
             raise RuntimeError("generation stopped before --new-tokens: the timings would not be per step")
         mode = "greedy" if beams == 1 else f"{beams}-beam"
         results[mode] = {name: 1000 * statistics.median(values) / args.new_tokens for name, values in seconds.items()}
-        results[mode]["same_tokens"] = torch.equal(outputs["ours"], outputs["builtin"])
+        results[mode]["same_tokens"] = all(torch.equal(out, outputs["ours"]) for out in outputs.values())
+        print(f"generation {mode}: " + ", ".join(f"{n} {results[mode][n]:.1f} ms/step" for n in seconds), flush=True)
     return results
 
 
@@ -228,8 +269,9 @@ def time_generation(models, args) -> dict:
 def encoder_table(timings, memory, args) -> list[str]:
     names = [n for n in ENCODER_VARIANTS if n in args.variants]
     # (column, numerator, denominator): speed-ups of ours over builtin and dense, ours' cost over the floor.
-    ratios = [(f"{n}/ours", n, "ours") for n in ("builtin", "dense") if n in names]
+    ratios = [(f"{n}/ours", n, "ours") for n in ("builtin", "dense", "padded") if n in names]
     ratios += [("ours/floor", "ours", "floor")] if "floor" in names else []
+    ratios += [("ours/compiled", "ours", "compiled")] if "compiled" in names else []
     header = ["L", "batch"] + [f"{n} s" for n in names] + [column for column, _, _ in ratios]
     if memory:
         header += [f"{n} MiB" for n in names] + ["builtin/ours mem"]
@@ -297,12 +339,21 @@ def target_rows(timings, memory, generation, beams) -> list[list[str]]:
 
 
 def generation_table(results, args) -> list[str]:
-    rows = [["decoding", "ours ms/step", "builtin ms/step", "builtin/ours (speed-up)", "same tokens"]]
+    compiled = "ours compiled" in results["greedy"]
+    header = ["decoding", "ours ms/step", "builtin ms/step", "builtin/ours (speed-up)"]
+    header += ["ours static ms/step", "ours compiled ms/step", "ours/compiled (speed-up)"] if compiled else []
+    rows = [header + ["same tokens"]]
     for mode, result in results.items():
-        rows.append([mode, f"{result['ours']:.1f}", f"{result['builtin']:.1f}",
-                     f"{result['builtin'] / result['ours']:.2f}", str(result["same_tokens"])])
-    beam_cost = results[f"{args.beams}-beam"]["ours"] / results["greedy"]["ours"]
-    return markdown_rows(rows) + ["", f"- ours: {args.beams}-beam step / greedy step = {beam_cost:.2f}"]
+        row = [mode, f"{result['ours']:.1f}", f"{result['builtin']:.1f}", f"{result['builtin'] / result['ours']:.2f}"]
+        if compiled:
+            row += [f"{result['ours static']:.1f}", f"{result['ours compiled']:.1f}",
+                    f"{result['ours'] / result['ours compiled']:.2f}"]
+        rows.append(row + [str(result["same_tokens"])])
+    lines = markdown_rows(rows) + [""]
+    for name in ("ours", "ours compiled") if compiled else ("ours",):
+        beam_cost = results[f"{args.beams}-beam"][name] / results["greedy"][name]
+        lines.append(f"- {name}: {args.beams}-beam step / greedy step = {beam_cost:.2f}")
+    return lines
 
 
 def markdown_rows(rows) -> list[str]:
@@ -330,7 +381,9 @@ def parse_args(argv=None):
     parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384])
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per measurement (median reported)")
-    parser.add_argument("--variants", nargs="+", default=list(ENCODER_VARIANTS), choices=ENCODER_VARIANTS)
+    parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=ENCODER_VARIANTS,
+                        help="encoder variants; also 'compiled' (ours under torch.compile, Inductor) and 'padded' "
+                             "(ours with pad_to_multiple_of=1024)")
     parser.add_argument("--quick", action="store_true", help="lengths 1024 4096 8192, batch 1, 3 repeats")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--memory-batch", type=int, nargs="+", default=[1],
@@ -342,6 +395,8 @@ def parse_args(argv=None):
     parser.add_argument("--generate-length", type=int, default=4096, help="encoder input length for generation")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--beams", type=int, default=4)
+    parser.add_argument("--compile", action="store_true",
+                        help="also time our decoding with a static cache and a compiled forward (Inductor)")
     parser.add_argument("--vocab-size", type=int, default=96103)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))

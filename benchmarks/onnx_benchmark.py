@@ -28,7 +28,7 @@ from transformers.modeling_outputs import BaseModelOutput
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark import MODEL, machine_line, markdown_rows  # noqa: E402
 
-from bigbird_pegasus_hub.onnx_export import quiet_exporter  # noqa: E402
+from bigbird_pegasus_hub.onnx_export import MAX_LENGTH_KEY, PADDED_LENGTH_KEY, quiet_exporter  # noqa: E402
 from bigbird_pegasus_hub.onnx_graphs import export_graph, graph_specs  # noqa: E402
 from bigbird_pegasus_hub.onnx_model import OnnxBigBirdPegasusForConditionalGeneration, OnnxSession  # noqa: E402
 from bigbird_pegasus_hub.plugin.configuration_bigbird_pegasus import BigBirdPegasusConfig  # noqa: E402
@@ -49,7 +49,7 @@ def export(model, folder: Path, padded_length: int, encoder_only: bool) -> Path:
     specs = graph_specs(model, padded_length, torch.float32)
     with quiet_exporter():
         for spec in specs[:1] if encoder_only else specs:
-            export_graph(spec, folder, OPSET, {"bigbird_pegasus.encoder_padded_length": str(padded_length)})
+            export_graph(spec, folder, OPSET, {MAX_LENGTH_KEY: str(padded_length), PADDED_LENGTH_KEY: str(padded_length)})
     model.config.save_pretrained(folder)
     return folder
 

@@ -13,7 +13,9 @@ Python's `random.Random` also implements, so we seed one the way numpy does and 
 numpy's `shuffle` does. Neither numpy nor any global RNG is touched.
 """
 
+import hashlib
 import random
+import types
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -170,27 +172,55 @@ def _planned_random_rows(rng, seq_length, block_size, num_heads, num_random) -> 
     return [table[1 : num_blocks - 1] for table in tables]
 
 
+def lengths_on_original_grid(pad_to_multiple_of: int | None, max_length: int) -> bool:
+    """True when padding every input of up to `max_length` tokens to a multiple of `pad_to_multiple_of` makes
+    every length one of PAPER_LENGTHS: the original code then draws every table on its 4096-token grid, and the
+    table of each length is a prefix of the 4096-token one."""
+    if not pad_to_multiple_of:
+        return False
+    longest = -(-max_length // pad_to_multiple_of) * pad_to_multiple_of
+    return all(length in PAPER_LENGTHS for length in range(pad_to_multiple_of, longest + 1, pad_to_multiple_of))
+
+
+# Only Python data is cached here, never tensors: a tensor made while a graph is traced (torch.export) is a
+# stand-in of that trace and must not outlive it.
+
+
 @lru_cache(maxsize=None)
-def _paper_grid_table(seed: int, num_heads: int, block_size: int, num_random: int) -> torch.Tensor:
+def _paper_grid_rows(seed: int, num_heads: int, block_size: int, num_random: int) -> tuple:
+    """The original code's table on its 4096-token grid, as nested tuples [num_heads][rows][num_random]."""
     rng = LegacyNumpyRandom(seed)
-    heads = [_paper_random_rows(rng, block_size, num_random) for _ in range(num_heads)]
-    return torch.tensor(heads, dtype=torch.long).view(num_heads, -1, num_random)
+    return tuple(tuple(map(tuple, _paper_random_rows(rng, block_size, num_random))) for _ in range(num_heads))
 
 
 @lru_cache(maxsize=64)
-def original_random_blocks(seed: int, seq_length: int, num_heads: int, block_size: int, num_random: int):
-    """The random key blocks of the original code: a [num_heads, num_blocks - 2, num_random] long tensor.
+def random_block_rows(seed: int, seq_length: int, num_heads: int, block_size: int, num_random: int) -> tuple:
+    """The random key blocks of the original code as nested tuples [num_heads][num_blocks - 2][num_random]."""
+    num_blocks = seq_length // block_size
+    if num_random == 0:
+        return tuple(((),) * (num_blocks - 2) for _ in range(num_heads))
+    if seq_length in PAPER_LENGTHS:
+        return tuple(head[: num_blocks - 2] for head in _paper_grid_rows(seed, num_heads, block_size, num_random))
+    rng = LegacyNumpyRandom(seed)
+    rows = _planned_random_rows(rng, seq_length, block_size, num_heads, num_random)
+    return tuple(tuple(map(tuple, head)) for head in rows)
+
+
+def original_random_blocks(seed: int, seq_length: int, num_heads: int, block_size: int, num_random: int,
+                           device=None) -> torch.Tensor:
+    """The random key blocks of the original code: a new [num_heads, num_blocks - 2, num_random] long tensor.
 
     `seed` is the encoder layer index. Row `q - 1` holds the random blocks of query block `q`.
     """
-    num_blocks = seq_length // block_size
-    if num_random == 0:
-        return torch.zeros(num_heads, num_blocks - 2, 0, dtype=torch.long)
-    if seq_length in PAPER_LENGTHS:
-        return _paper_grid_table(seed, num_heads, block_size, num_random)[:, : num_blocks - 2]
-    rng = LegacyNumpyRandom(seed)
-    rows = _planned_random_rows(rng, seq_length, block_size, num_heads, num_random)
-    return torch.tensor(rows, dtype=torch.long).view(num_heads, num_blocks - 2, num_random)
+    rows = random_block_rows(seed, seq_length, num_heads, block_size, num_random)
+    return torch.tensor(rows, dtype=torch.long, device=device).view(num_heads, seq_length // block_size - 2, num_random)
+
+
+def paper_grid_table(seed: int, num_heads: int, block_size: int, num_random: int, device=None) -> torch.Tensor:
+    """The original code's [num_heads, 4096 // block_size - 2, num_random] table on its 4096-token grid: the table
+    of every length of PAPER_LENGTHS is its first rows."""
+    rows = _paper_grid_rows(seed, num_heads, block_size, num_random)
+    return torch.tensor(rows, dtype=torch.long, device=device).view(num_heads, -1, num_random)
 
 
 @dataclass(frozen=True)
@@ -231,26 +261,122 @@ class BlockSparseLayout:
                                    (self.key_blocks, self.slot_allowed, self.head_key_blocks, self.key_allowed)))
 
 
-@lru_cache(maxsize=256)
-def block_sparse_layout(seed: int, seq_length: int, num_heads: int, block_size: int, num_random: int,
-                        device: torch.device | None = None) -> BlockSparseLayout:
-    """The (cached) layout of encoder layer `seed` for a padded length `seq_length`, on `device` (CPU if None).
+def layout_from_random_blocks(random_blocks: torch.Tensor, num_blocks: int, block_size: int) -> BlockSparseLayout:
+    """The layout around a [num_heads, num_blocks - 2, num_random] table of random blocks.
 
-    Cached per device too, so attention never copies the table to the accelerator again."""
-    if device is not None:
-        return block_sparse_layout(seed, seq_length, num_heads, block_size, num_random).to(device)
-    num_blocks = seq_length // block_size
-    query_blocks = torch.arange(1, num_blocks - 1)
-    fixed = torch.stack(
-        [query_blocks - 1, query_blocks, query_blocks + 1, torch.zeros_like(query_blocks),
-         torch.full_like(query_blocks, num_blocks - 1)],
-        dim=-1,
-    )
-    randoms = original_random_blocks(seed, seq_length, num_heads, block_size, num_random)
-    key_blocks = torch.cat([fixed.expand(num_heads, -1, -1), randoms], dim=-1).contiguous()
-    slot_allowed = torch.ones(num_blocks - 2, FIXED_SLOTS + num_random, dtype=torch.bool)
-    slot_allowed[0, FIRST_GLOBAL_SLOT] = False
-    slot_allowed[-1, LAST_GLOBAL_SLOT] = False
-    head_key_blocks = key_blocks + torch.arange(num_heads)[:, None, None] * num_blocks
+    Only tensor operations (no in-place writes, no Python loops over blocks), so a symbolic `num_blocks` traces."""
+    num_heads, _, num_random = random_blocks.shape
+    device = random_blocks.device
+    query_blocks = torch.arange(1, num_blocks - 1, device=device)
+    fixed = torch.stack([query_blocks - 1, query_blocks, query_blocks + 1, query_blocks * 0,
+                         query_blocks * 0 + (num_blocks - 1)], dim=-1)
+    key_blocks = torch.cat([fixed.expand(num_heads, -1, -1), random_blocks], dim=-1).contiguous()
+    rows = torch.arange(num_blocks - 2, device=device)[:, None]
+    slots = torch.arange(FIXED_SLOTS + num_random, device=device)[None, :]
+    duplicate_global = ((rows == 0) & (slots == FIRST_GLOBAL_SLOT)) | \
+        ((rows == num_blocks - 3) & (slots == LAST_GLOBAL_SLOT))
+    slot_allowed = ~duplicate_global
+    head_key_blocks = key_blocks + torch.arange(num_heads, device=device)[:, None, None] * num_blocks
     key_allowed = slot_allowed.repeat_interleave(block_size, dim=-1)
     return BlockSparseLayout(key_blocks, slot_allowed, head_key_blocks, key_allowed)
+
+
+def block_sparse_layout(seed: int, seq_length: int, num_heads: int, block_size: int, num_random: int,
+                        device: torch.device | None = None, lengths_on_grid: bool = False) -> BlockSparseLayout:
+    """The layout of encoder layer `seed` for a padded length `seq_length`, on `device` (CPU if None).
+
+    Run eagerly, it is built once per (layer, length, device) and cached, so attention never rebuilds it nor copies
+    it to the accelerator again. Inside `torch.compile` or `torch.export` it is built by graph operations from
+    `traced_random_blocks`, so no Python random-number code is ever traced. `lengths_on_grid` promises that every
+    length this model sees is one of the original code's grid lengths (see `traced_random_blocks`)."""
+    if not torch.compiler.is_compiling():
+        return _cached_layout(seed, seq_length, num_heads, block_size, num_random, device)
+    random_blocks = traced_random_blocks(seed, seq_length, num_heads, block_size, num_random, device,
+                                         lengths_on_grid)
+    return layout_from_random_blocks(random_blocks, seq_length // block_size, block_size)
+
+
+@lru_cache(maxsize=256)
+def _cached_layout(seed, seq_length, num_heads, block_size, num_random, device) -> BlockSparseLayout:
+    if device is not None:
+        return _cached_layout(seed, seq_length, num_heads, block_size, num_random, None).to(device)
+    random_blocks = original_random_blocks(seed, seq_length, num_heads, block_size, num_random)
+    return layout_from_random_blocks(random_blocks, seq_length // block_size, block_size)
+
+
+def traced_random_blocks(seed, seq_length, num_heads, block_size, num_random, device, lengths_on_grid=False):
+    """The random-block table inside a traced graph (`torch.compile`, `torch.export`, `torch.onnx.export`).
+
+    - Dynamo (`torch.compile`, strict export) cannot run the pure-Python Mersenne Twister replay: the table comes
+      from the opaque operator `random_blocks_op`, whose eager kernel is the cached replay.
+    - A non-strict export at a fixed length runs the replay in Python: the table is a constant of the graph.
+    - A non-strict export with a symbolic length slices ONE constant table, the original 4096-token grid table,
+      when `lengths_on_grid` (every length is one of PAPER_LENGTHS: the grid tables of those lengths are its
+      prefixes). Any other symbolic length needs the operator (torch.export keeps it; ONNX cannot express it).
+    """
+    if not torch.compiler.is_dynamo_compiling():
+        if isinstance(seq_length, int):
+            return original_random_blocks(seed, seq_length, num_heads, block_size, num_random, device)
+        if lengths_on_grid:  # a gather rather than a slice: its shape never depends on whether it is all rows
+            grid = paper_grid_table(seed, num_heads, block_size, num_random, device)
+            return grid.index_select(1, torch.arange(seq_length // block_size - 2, device=device))
+    if random_blocks_op is None:
+        raise RuntimeError("Compiling or exporting block-sparse attention needs torch >= 2.4 (torch.library.custom_op).")
+    return random_blocks_op(seed, seq_length, num_heads, block_size, num_random, device)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The random-block table as a torch operator, for graphs with a length that is not known while tracing.
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _random_blocks_kernel(seed: int, seq_length: int, num_heads: int, block_size: int, num_random: int,
+                          device: torch.device) -> torch.Tensor:
+    return original_random_blocks(seed, seq_length, num_heads, block_size, num_random, device)
+
+
+def _random_blocks_shape(seed, seq_length, num_heads, block_size, num_random, device):
+    return torch.empty(num_heads, seq_length // block_size - 2, num_random, dtype=torch.long, device=device)
+
+
+def _implementation_digest() -> str:
+    """A hash of this file's code and constants (not of its path or module name).
+
+    This file can be imported several times in one process: as `bigbird_pegasus_hub.plugin.block_sparse_layout`
+    and as remote code of any number of Hub repos and revisions. Each import registers the operator under a name
+    derived from this hash: equal code shares one operator, different code never runs another's kernel."""
+    digest = hashlib.sha256()
+    for name in sorted(name for name in globals() if not name.startswith("__")):  # no path, no module name
+        value = globals()[name]
+        value = getattr(value, "__wrapped__", value)  # lru_cache
+        if isinstance(value, (int, str, tuple)):
+            digest.update(f"{name}={value!r}".encode())
+        elif getattr(value, "__module__", None) == __name__:
+            members = vars(value).values() if isinstance(value, type) else [value]
+            for member in members:
+                if isinstance(member, types.FunctionType):
+                    _hash_code(digest, member.__code__)
+    return digest.hexdigest()[:16]
+
+
+def _hash_code(digest, code: types.CodeType):
+    digest.update(code.co_code)
+    digest.update(repr(code.co_names).encode())
+    for constant in code.co_consts:
+        if isinstance(constant, types.CodeType):
+            _hash_code(digest, constant)
+        else:
+            digest.update(repr(constant).encode())
+
+
+def _register_random_blocks_op():
+    if not hasattr(torch.library, "custom_op"):
+        return None
+    namespace, name = "bigbird_pegasus", f"random_blocks_{_implementation_digest()}"
+    if not hasattr(getattr(torch.ops, namespace), name):  # else: this same code, imported under another name
+        operator = torch.library.custom_op(f"{namespace}::{name}", mutates_args=())(_random_blocks_kernel)
+        operator.register_fake(_random_blocks_shape)
+    return getattr(getattr(torch.ops, namespace), name).default
+
+
+random_blocks_op = _register_random_blocks_op()

@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
 from transformers import Cache, DynamicCache, EncoderDecoderCache, GenerationMixin, PreTrainedModel
 from transformers.activations import ACT2FN
+from transformers.cache_utils import DynamicLayer
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
     BaseModelOutput,
@@ -25,8 +26,9 @@ from transformers.modeling_outputs import (
     Seq2SeqSequenceClassifierOutput,
 )
 from transformers.utils import logging
+from transformers.utils.deprecation import deprecate_kwarg
 
-from .block_sparse_layout import BlockSparseLayout, block_sparse_layout
+from .block_sparse_layout import BlockSparseLayout, block_sparse_layout, lengths_on_original_grid
 from .configuration_bigbird_pegasus import BigBirdPegasusConfig
 
 logger = logging.get_logger(__name__)
@@ -38,6 +40,14 @@ FUSED_ACTIVATIONS = {"gelu_new": "gelu_pytorch_tanh"}
 # transformers 5 renamed the generation cache from `past_key_values` to `cache`, in model outputs too.
 TRANSFORMERS_V5 = int(transformers.__version__.split(".")[0]) >= 5
 CACHE_FIELD = "cache" if "cache" in Seq2SeqLMOutput.__dataclass_fields__ else "past_key_values"
+
+
+def accepts_past_key_values(forward):
+    """transformers 5 deprecates the `past_key_values` argument: it becomes `cache`, with transformers' own warning.
+    transformers 4 passes `past_key_values` itself, so there it is accepted silently."""
+    if not TRANSFORMERS_V5:
+        return forward
+    return deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")(forward)
 
 
 def shift_tokens_right(input_ids: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
@@ -84,11 +94,10 @@ def apply_head_mask(context, probs, head_mask):
 
 
 class BigBirdPegasusLearnedPositionalEmbedding(nn.Embedding):
-    """Learned absolute positions, looked up from the first position that is not yet in the cache."""
+    """Learned absolute positions: `positions` is a [length] or [batch, length] tensor of position indices."""
 
-    def forward(self, seq_length: int, past_length: int = 0) -> torch.Tensor:
-        positions = torch.arange(past_length, past_length + seq_length, device=self.weight.device)
-        return super().forward(positions)
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        return super().forward(positions.to(self.weight.device))
 
 
 class BigBirdPegasusScaledWordEmbedding(nn.Embedding):
@@ -117,6 +126,8 @@ class BigBirdPegasusSelfAttention(nn.Module):
         self.num_random_blocks = config.num_random_blocks
         self.dropout = config.attention_dropout
         self.layer_idx = layer_idx  # also the seed of this layer's random blocks, as in the original code
+        # Every padded length is one of the original grid lengths: a traced graph slices one constant table.
+        self.lengths_on_grid = lengths_on_original_grid(config.pad_to_multiple_of, config.max_position_embeddings)
         self.query = nn.Linear(config.d_model, config.d_model, bias=config.use_bias)
         self.key = nn.Linear(config.d_model, config.d_model, bias=config.use_bias)
         self.value = nn.Linear(config.d_model, config.d_model, bias=config.use_bias)
@@ -140,9 +151,8 @@ class BigBirdPegasusSelfAttention(nn.Module):
         return merge_heads(context), probs
 
     def layout(self, seq_length: int, device) -> BlockSparseLayout:
-        return block_sparse_layout(
-            self.layer_idx, seq_length, self.num_heads, self.block_size, self.num_random_blocks, device
-        )
+        return block_sparse_layout(self.layer_idx, seq_length, self.num_heads, self.block_size,
+                                   self.num_random_blocks, device, self.lengths_on_grid)
 
 
 def block_sparse_attention(query, key, value, layout: BlockSparseLayout, token_mask=None, need_weights=False):
@@ -187,7 +197,7 @@ def attend_middle_blocks(query, key, value, layout: BlockSparseLayout, token_mas
     context = query.new_empty(batch, heads, rows, block_size, head_dim)
     probs = query.new_empty(batch, heads, rows, block_size, layout.keys_per_row) if need_weights else None
     for inputs, tile in middle_tiles(layout, key):
-        tile_bias = bias[inputs if bias.shape[0] > 1 else slice(None), :, tile].flatten(0, 1)
+        tile_bias = bias[inputs if token_mask is not None else slice(None), :, tile].flatten(0, 1)
         tile_key, tile_value = gather_key_blocks((key, value), layout, inputs, tile)
         tile_context, tile_probs = attend(middle_query[inputs, :, tile].flatten(0, 1), tile_key, tile_value,
                                           tile_bias, need_weights=need_weights)
@@ -207,8 +217,10 @@ def middle_tiles(layout: BlockSparseLayout, key: torch.Tensor) -> list[tuple[sli
     gathered keys and values take about CPU_TILE_BYTES."""
     batch, heads, _, head_dim = key.shape
     rows = layout.num_blocks - 2
-    if key.device.type != "cpu" or torch.compiler.is_exporting():  # an exported graph keeps batch and length dynamic
-        return [(slice(None), slice(None))]
+    # Compiled or exported: one tile. A graph unrolls the tiles (at 4096 tokens, d512: 31 per input and layer), and
+    # Inductor then compiles for minutes; an exported graph keeps batch and length symbolic.
+    if key.device.type != "cpu" or torch.compiler.is_compiling():
+        return [(slice(0, batch), slice(0, rows))]
     row_bytes = 2 * heads * layout.keys_per_row * head_dim * key.element_size()  # gathered keys and values
     rows_per_tile = max(1, CPU_TILE_BYTES // row_bytes)
     if rows_per_tile >= rows:  # short inputs: whole inputs per tile
@@ -224,9 +236,11 @@ def gather_key_blocks(states, layout: BlockSparseLayout, inputs: slice, tile: sl
     batch, heads, _, head_dim = states[0].shape
     first_blocks = torch.arange(batch, device=states[0].device)[inputs] * (heads * layout.num_blocks)
     index = first_blocks[:, None, None, None] + layout.head_key_blocks[:, tile]
-    shape = (-1, index.shape[2], layout.keys_per_row, head_dim)
-    index = index.flatten()
-    return [part.view(batch * heads * layout.num_blocks, -1).index_select(0, index).view(shape) for part in states]
+    # An embedding lookup is the same index_select, but its result keeps the index's shape: a graph traced with a
+    # symbolic length needs no view that splits one symbolic size into several (it could not prove it exact).
+    shape = (index.shape[0] * heads, index.shape[2], layout.keys_per_row, head_dim)
+    blocks = (batch * heads * layout.num_blocks, layout.block_size * head_dim)
+    return [F.embedding(index, part.view(blocks)).view(shape) for part in states]
 
 
 def middle_block_bias(layout: BlockSparseLayout, token_mask, dtype) -> torch.Tensor:
@@ -286,41 +300,219 @@ class BigBirdPegasusDecoderAttention(nn.Module):
         self.v_proj = nn.Linear(config.d_model, config.d_model, bias=config.use_bias)
         self.out_proj = nn.Linear(config.d_model, config.d_model, bias=config.use_bias)
 
-    def forward(self, hidden_states, key_value_states=None, attention_bias=None, cache=None,
-                output_attentions=False, head_mask=None):
+    def forward(self, hidden_states, key_value_states=None, mask=None, cache=None, output_attentions=False,
+                head_mask=None, cache_position=None):
+        """mask: the encoder's additive bias (cross-attention) or a `DecoderSelfAttentionMask` (self-attention)."""
         batch, length, width = hidden_states.shape
-        key, value = self.key_value(hidden_states, key_value_states, cache)
-        # In generation all beams of one input share one encoder output (see `_expand_inputs_for_generation`):
-        # their queries attend to it together, as one longer query per input.
+        if self.is_cross_attention:
+            key, value, bias = self.cross_key_value(key_value_states, cache, batch, mask)
+        else:
+            key, value = self.self_key_value(hidden_states, cache, cache_position)
+            bias = None if mask is None else mask.bias(key.shape[2])
+        # In generation all beams of one input share one encoder output (see `SharedCrossAttentionLayer`): their
+        # queries attend to it together, as one longer query per input.
         query = split_heads(self.q_proj(hidden_states).reshape(key.shape[0], -1, width), self.num_heads)
         dropout = self.dropout if self.training else 0.0
-        context, probs = attend(query, key, value, attention_bias, dropout, output_attentions)
+        context, probs = attend(query, key, value, bias, dropout, output_attentions)
         context, probs = apply_head_mask(context, probs, head_mask)
         output = self.out_proj(merge_heads(context)).view(batch, length, width)
         return output, ungroup_queries(probs, batch)
 
-    def key_value(self, hidden_states, key_value_states, cache):
-        if self.is_cross_attention:
-            return self.cross_key_value(key_value_states, cache)
+    def self_key_value(self, hidden_states, cache, cache_position):
         key = split_heads(self.k_proj(hidden_states), self.num_heads)
         value = split_heads(self.v_proj(hidden_states), self.num_heads)
         if cache is not None:
             self_cache = cache.self_attention_cache if isinstance(cache, EncoderDecoderCache) else cache
-            key, value = self_cache.update(key, value, self.layer_idx)
+            # transformers 4's static cache writes at `cache_position`; every other layer ignores it.
+            key, value = self_cache.update(key, value, self.layer_idx, {"cache_position": cache_position})
         return key, value
 
-    def cross_key_value(self, encoder_states, cache):
-        # The encoder output does not change during generation: project it once, then reuse the cache.
+    def cross_key_value(self, encoder_states, cache, rows, encoder_bias):
+        """Keys and values of the encoder output and its bias, for `rows` decoder rows. The encoder output does not
+        change during generation: it is projected once, then read from the cache."""
         cross_cache = cache.cross_attention_cache if isinstance(cache, EncoderDecoderCache) else None
         if cross_cache is not None and cache.is_updated.get(self.layer_idx):
             layer = cross_cache.layers[self.layer_idx]
-            return layer.keys, layer.values
-        key = split_heads(self.k_proj(encoder_states), self.num_heads)
-        value = split_heads(self.v_proj(encoder_states), self.num_heads)
-        if cross_cache is not None:
-            key, value = cross_cache.update(key, value, self.layer_idx)
+        else:
+            key = split_heads(self.k_proj(encoder_states), self.num_heads)
+            value = split_heads(self.v_proj(encoder_states), self.num_heads)
+            if cross_cache is None:
+                return key, value, encoder_bias
+            layer = cross_attention_layer(cross_cache, self.layer_idx, rows // key.shape[0])
+            layer.update(key, value, {"cache_position": torch.arange(key.shape[2], device=key.device)})
             cache.is_updated[self.layer_idx] = True
-        return key, value
+        if isinstance(layer, SharedCrossAttentionLayer) and layer.grouped:
+            return layer.input_keys, layer.input_values, encoder_bias
+        if isinstance(layer, SharedCrossAttentionLayer) and encoder_bias is not None:
+            encoder_bias = encoder_bias.index_select(0, layer.row_inputs)  # one bias row per decoder row
+        return layer.keys, layer.values, encoder_bias
+
+
+def cross_attention_layer(cross_cache: Cache, layer_idx: int, rows_per_input: int):
+    """The cache layer that stores the cross-attention keys and values of `layer_idx`. When several decoder rows
+    read each encoder output (beams, returned sequences), an empty layer is swapped for a `SharedCrossAttentionLayer`
+    so that they are stored once per input."""
+    layers = cross_cache.layers
+    while len(layers) <= layer_idx:  # caches that add their layers lazily
+        layers.append((cross_cache.layer_class_to_replicate or DynamicLayer)())
+    if rows_per_input > 1 and not layers[layer_idx].is_initialized:
+        layers[layer_idx] = SharedCrossAttentionLayer(rows_per_input)
+    return layers[layer_idx]
+
+
+class SharedCrossAttentionLayer(DynamicLayer):
+    """A cross-attention cache layer that stores the keys and values once per input while it serves
+    `rows_per_input` decoder rows of each (beams or returned sequences): beam search never copies them.
+
+    To everything outside the attention it is a standard cache layer with one row per decoder row: `keys` and
+    `values` have batch `inputs * rows_per_input` (built on access), and `reorder_cache`, `batch_select_indices` and
+    `batch_repeat_interleave` move rows, by remapping which input each row reads (`row_inputs`). While every input's
+    rows are still consecutive and equally many (`grouped`, which beam search preserves), the attention reads the
+    per-input `input_keys` and `input_values` directly."""
+
+    def __init__(self, rows_per_input: int = 1):
+        super().__init__()
+        self.rows_per_input = rows_per_input
+        self.input_keys = self.input_values = self.row_inputs = None
+        self.grouped = False
+
+    def lazy_initialization(self, key_states, value_states=None):
+        self.dtype, self.device = key_states.dtype, key_states.device
+        self.is_initialized = True
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        """Stores the encoder's keys and values, [inputs, heads, length, head_dim], for `rows_per_input`
+        consecutive decoder rows per input."""
+        if self.is_initialized:
+            raise ValueError("The cross-attention cache holds the encoder output already: reset() it first.")
+        self.lazy_initialization(key_states)
+        self.input_keys, self.input_values = key_states, value_states
+        rows = key_states.shape[0] * self.rows_per_input
+        self.row_inputs = torch.arange(rows, device=key_states.device) // self.rows_per_input
+        self.grouped = True
+        return key_states, value_states
+
+    def assign_rows(self, row_inputs: torch.Tensor):
+        """Row `i` reads input `row_inputs[i]`."""
+        self.row_inputs = row_inputs.to(self.input_keys.device)
+        inputs, rows = self.input_keys.shape[0], self.row_inputs.shape[0]
+        per_input = torch.arange(rows, device=self.row_inputs.device) // max(rows // inputs, 1)
+        self.grouped = rows % inputs == 0 and bool(torch.equal(self.row_inputs, per_input))
+
+    @property
+    def keys(self):
+        return self._rows(self.input_keys)
+
+    @keys.setter
+    def keys(self, keys):  # a standard per-row write (the base class's own methods): rows become inputs
+        self._store_rows(keys, "input_keys")
+
+    @property
+    def values(self):
+        return self._rows(self.input_values)
+
+    @values.setter
+    def values(self, values):
+        self._store_rows(values, "input_values")
+
+    def _rows(self, per_input):
+        if per_input is None or self.row_inputs is None:
+            return per_input
+        return per_input.index_select(0, self.row_inputs)
+
+    def _store_rows(self, tensor, name):
+        if getattr(self, "row_inputs", None) is not None:  # materialize both before one of them changes
+            self.input_keys, self.input_values, self.row_inputs = self.keys, self.values, None
+        setattr(self, name, tensor)
+        self.grouped = False
+
+    def get_seq_length(self) -> int:
+        return 0 if self.input_keys is None else self.input_keys.shape[-2]
+
+    def reorder_cache(self, beam_idx: torch.LongTensor):
+        if self.input_keys is not None:
+            self.assign_rows(self.row_inputs.index_select(0, beam_idx.to(self.row_inputs.device)))
+
+    def batch_select_indices(self, indices: torch.Tensor):
+        if self.input_keys is not None:
+            self.assign_rows(self.row_inputs[indices])
+
+    def batch_repeat_interleave(self, repeats: int):
+        if self.input_keys is not None:
+            self.assign_rows(self.row_inputs.repeat_interleave(repeats))
+
+    def offload(self):
+        self._move("cpu")
+
+    def prefetch(self):
+        self._move(self.device)
+
+    def _move(self, device):
+        if self.input_keys is not None:
+            self.input_keys = self.input_keys.to(device, non_blocking=True)
+            self.input_values = self.input_values.to(device, non_blocking=True)
+            self.row_inputs = self.row_inputs.to(device, non_blocking=True)
+
+    def reset(self):
+        self.input_keys = self.input_values = self.row_inputs = None
+        self.grouped = self.is_initialized = False
+
+
+class DecoderSelfAttentionMask:
+    """What every new decoder token may attend to, as an additive bias for a given number of keys: past and new
+    tokens with a dynamic cache, the capacity of a static one (whose unwritten slots lie after the new tokens).
+
+    attention_mask: None (causal); 2D [batch, keys] with 1 for tokens and 0 for padding, covering the past and new
+    tokens or only the new ones (causal too); or a complete 4D [batch, 1, queries, keys] mask, used as given:
+    bool or integer (True / 1 attends) or floating (added to the scores, 0 attends). query_slots: [queries] cache
+    slot of each new token (past length + 0, 1, ...; a tensor when a static cache counts its length).
+    """
+
+    def __init__(self, attention_mask, past_length, query_slots, dtype):
+        if attention_mask is not None and attention_mask.dim() not in (2, 4):
+            raise ValueError("The decoder attention_mask must be 2D [batch, length] (1 for tokens, 0 for padding) or "
+                             f"4D [batch, 1, queries, keys], got shape {tuple(attention_mask.shape)}.")
+        self.attention_mask, self.past_length, self.query_slots, self.dtype = (
+            attention_mask, past_length, query_slots, dtype)
+        self._biases = {}
+
+    def bias(self, key_length: int):
+        if not isinstance(key_length, int):  # a symbolic length (export): the compiler shares the work itself
+            return self._build(key_length)
+        if key_length not in self._biases:
+            self._biases[key_length] = self._build(key_length)
+        return self._biases[key_length]
+
+    def _build(self, key_length):
+        mask, queries = self.attention_mask, self.query_slots.shape[0]
+        if mask is not None and mask.dim() == 4:
+            return four_dimensional_bias(mask, queries, key_length, self.dtype)
+        # A single new token sees every cached one: no bias at all without padding (every dynamic-cache step).
+        if mask is None and queries == 1 and isinstance(self.past_length, int) and key_length == self.past_length + 1:
+            return None
+        device = self.query_slots.device
+        allowed = (torch.arange(key_length, device=device)[None, :] <= self.query_slots[:, None])[None, None]
+        if mask is not None:
+            allowed = allowed & key_padding(mask, self.past_length, queries, key_length).to(device)[:, None, None, :]
+        return additive_mask(allowed, self.dtype)
+
+
+def key_padding(attention_mask, past_length, queries, key_length):
+    """A 2D padding mask as [batch, key_length] bool, aligned with the cache slots."""
+    if attention_mask.shape[1] == queries and isinstance(past_length, int) and past_length:
+        attention_mask = F.pad(attention_mask, (past_length, 0), value=1)  # mask of the new tokens only
+    if attention_mask.shape[1] < key_length:  # a static cache's unwritten slots: causality masks them
+        attention_mask = F.pad(attention_mask, (0, key_length - attention_mask.shape[1]), value=1)
+    return attention_mask[:, -key_length:].bool()
+
+
+def four_dimensional_bias(mask, queries, key_length, dtype):
+    if mask.shape[1] != 1 or mask.shape[2] != queries or mask.shape[3] != key_length:
+        raise ValueError(
+            f"A 4D decoder attention_mask must have shape [batch, 1, {queries} (new tokens), {key_length} (cached and "
+            f"new tokens)] here, got {tuple(mask.shape)}."
+        )
+    return mask.to(dtype) if mask.is_floating_point() else additive_mask(mask.bool(), dtype)
 
 
 def ungroup_queries(probs, batch):
@@ -380,11 +572,11 @@ class BigBirdPegasusDecoderLayer(FeedForwardMixin, GradientCheckpointingLayer):
         self.encoder_attn_layer_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
         self.init_feed_forward(config, config.decoder_ffn_dim)
 
-    def forward(self, hidden_states, self_attention_bias=None, encoder_hidden_states=None,
+    def forward(self, hidden_states, self_attention_mask=None, encoder_hidden_states=None,
                 encoder_attention_bias=None, cache=None, output_attentions=False, head_mask=None,
-                cross_attn_head_mask=None):
-        attended, self_probs = self.self_attn(self.self_attn_layer_norm(hidden_states), None,
-                                              self_attention_bias, cache, output_attentions, head_mask)
+                cross_attn_head_mask=None, cache_position=None):
+        attended, self_probs = self.self_attn(self.self_attn_layer_norm(hidden_states), None, self_attention_mask,
+                                              cache, output_attentions, head_mask, cache_position)
         hidden_states = self.residual(hidden_states, attended)
         cross_probs = None
         if encoder_hidden_states is not None:
@@ -401,7 +593,7 @@ def clamp_fp16_overflow(hidden_states):
     if hidden_states.dtype != torch.float16:
         return hidden_states
     limit = torch.finfo(hidden_states.dtype).max - 1000
-    if torch.compiler.is_exporting():  # the same choice, made in the graph: no branch on data
+    if torch.compiler.is_compiling():  # compiled or exported: the same choice in the graph, no branch on data
         return torch.where(torch.isfinite(hidden_states).all(), hidden_states, hidden_states.clamp(-limit, limit))
     if not torch.isfinite(hidden_states).all():
         hidden_states = hidden_states.clamp(min=-limit, max=limit)
@@ -421,7 +613,29 @@ class BigBirdPegasusPreTrainedModel(PreTrainedModel):
     _skip_keys_device_placement = ["past_key_values", "cache"]
     _supports_sdpa = True
     _supports_cache_class = True
-    _supports_static_cache = False
+    # generate(cache_implementation="static") and compiled decoding steps (one graph, no recompiles per step).
+    _supports_static_cache = True
+    _can_compile_fullgraph = True
+
+    def get_encoder(self, modality: str | None = None):
+        """The text encoder. This model has no image, video or audio encoder: for those it answers itself, as
+        transformers 5's `PreTrainedModel.get_encoder` does when a model has no such encoder."""
+        if modality not in (None, "image", "video", "audio"):
+            raise ValueError(f'modality must be None, "image", "video" or "audio", got {modality!r}.')
+        encoder = getattr(self.base_model, "encoder", None)
+        return encoder if modality is None and encoder is not None else self
+
+    def get_decoder(self):
+        return getattr(self.base_model, "decoder", self)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Saves as transformers does, with the config.json of a complete plugin repo whichever head is saved:
+        every head's `auto_map` entry and the summarization pipeline (`custom_pipelines`)."""
+        from .pipeline_bigbird_pegasus import CUSTOM_PIPELINES  # also makes transformers copy that file along
+
+        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **auto_map()}
+        self.config.custom_pipelines = CUSTOM_PIPELINES
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     def _init_weights(self, module):
         # nn.init.* is looked up at call time: transformers 5 wraps it to skip weights loaded from a checkpoint.
@@ -514,15 +728,16 @@ class BigBirdPegasusEncoder(BigBirdPegasusStack):
         batch, seq_length = inputs_embeds.shape[:2]
         check_length(seq_length, self.config.max_position_embeddings, "input")
         # A device_map may put embed_positions on another device than embed_tokens.
-        positions = self.embed_positions(seq_length).to(inputs_embeds.device, inputs_embeds.dtype)
-        hidden_states = inputs_embeds + positions
+        positions = self.embed_positions(torch.arange(seq_length, device=inputs_embeds.device))
+        hidden_states = inputs_embeds + positions.to(inputs_embeds.device, inputs_embeds.dtype)
         hidden_states = F.dropout(hidden_states, p=self.config.dropout, training=self.training)
         if attention_mask is None:
             attention_mask = torch.ones(batch, seq_length, dtype=torch.long, device=hidden_states.device)
         check_head_mask(head_mask, len(self.layers), "head_mask")
 
-        use_block_sparse = self.uses_block_sparse(seq_length)
-        padding = (-seq_length) % self.config.block_size if use_block_sparse else 0
+        padded_length = self.padded_length(seq_length)
+        use_block_sparse = self.uses_block_sparse(padded_length)
+        padding = padded_length - seq_length if use_block_sparse else 0
         hidden_states = F.pad(hidden_states, (0, 0, 0, padding))
         attention_mask = F.pad(attention_mask, (0, padding), value=0)
         attention_mask = None if is_unpadded(attention_mask) else attention_mask
@@ -537,7 +752,7 @@ class BigBirdPegasusEncoder(BigBirdPegasusStack):
             hidden_states, probs = layer(hidden_states, attention_mask, use_block_sparse, output_attentions,
                                          None if head_mask is None else head_mask[idx])
             all_attentions.append(None if probs is None else probs[..., :seq_length, :seq_length])
-        hidden_states = self.layernorm_embedding(hidden_states)[:, :seq_length]
+        hidden_states = first_positions(self.layernorm_embedding(hidden_states), seq_length)
         if output_hidden_states:
             all_hidden_states.append(hidden_states)
 
@@ -548,17 +763,25 @@ class BigBirdPegasusEncoder(BigBirdPegasusStack):
         )
         return output if return_dict else output.to_tuple()
 
-    def uses_block_sparse(self, seq_length: int) -> bool:
+    def padded_length(self, seq_length: int) -> int:
+        """The length block-sparse attention runs at: the next multiple of `config.pad_to_multiple_of` if set,
+        else of `block_size`. Padding tokens are masked and cut from the output."""
+        multiple = self.config.pad_to_multiple_of or self.config.block_size
+        return (seq_length + multiple - 1) // multiple * multiple
+
+    def uses_block_sparse(self, padded_length: int) -> bool:
         """Block-sparse needs more tokens than the global, window and random blocks together; shorter inputs
         use full attention for this call only (the same rule as the built-in model)."""
         if self.config.attention_type != "block_sparse":
             return False
         min_tokens = (5 + 2 * self.config.num_random_blocks) * self.config.block_size
-        if seq_length <= min_tokens:
-            logger.warning_once(
-                f"Input of {seq_length} tokens is too short for block-sparse attention (needs more than "
-                f"{min_tokens} = (5 + 2 * num_random_blocks) * block_size): using full attention for such inputs."
-            )
+        if padded_length <= min_tokens:
+            if not torch.compiler.is_compiling():
+                logger.warning_once(
+                    f"Input of {padded_length} tokens (padded) is too short for block-sparse attention (needs more "
+                    f"than {min_tokens} = (5 + 2 * num_random_blocks) * block_size): using full attention for such "
+                    "inputs."
+                )
             return False
         return True
 
@@ -569,10 +792,13 @@ class BigBirdPegasusDecoder(BigBirdPegasusStack):
     def __init__(self, config: BigBirdPegasusConfig):
         super().__init__(config, BigBirdPegasusDecoderLayer, config.decoder_layers)
 
+    @accepts_past_key_values
     def forward(self, input_ids=None, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
                 head_mask=None, cross_attn_head_mask=None, past_key_values=None, inputs_embeds=None,
                 use_cache=None, output_attentions=None, output_hidden_states=None, return_dict=None,
-                cache=None, **kwargs):
+                cache=None, position_ids=None, **kwargs):
+        """attention_mask: None, 2D padding or a complete 4D mask (see `DecoderSelfAttentionMask`). position_ids:
+        [batch or 1, length] positions of the new tokens (default: after the cached ones)."""
         output_attentions, output_hidden_states, return_dict = resolve_output_flags(
             self.config, output_attentions, output_hidden_states, return_dict)
         use_cache = self.config.use_cache if use_cache is None else use_cache
@@ -592,12 +818,18 @@ class BigBirdPegasusDecoder(BigBirdPegasusStack):
 
         inputs_embeds = embed_inputs(self.embed_tokens, input_ids, inputs_embeds)
         batch, seq_length = inputs_embeds.shape[:2]
+        # An int, or a 0-d tensor for a static cache (a compiled decoding step must not read it on the host).
         past_length = cache.get_seq_length() if cache is not None else 0
-        check_length(past_length + seq_length, self.config.max_position_embeddings, "decoder input")
-        positions = self.embed_positions(seq_length, past_length).to(inputs_embeds.device, inputs_embeds.dtype)
-        hidden_states = F.dropout(inputs_embeds + positions, p=self.config.dropout, training=self.training)
+        if isinstance(past_length, int):
+            check_length(past_length + seq_length, self.config.max_position_embeddings, "decoder input")
+        cache_position = kwargs.get("cache_position")  # transformers 4 passes it; 5 does not
+        if cache_position is None:
+            cache_position = torch.arange(seq_length, device=inputs_embeds.device) + past_length
+        positions = self.embed_positions(cache_position if position_ids is None else position_ids)
+        hidden_states = inputs_embeds + positions.to(inputs_embeds.device, inputs_embeds.dtype)
+        hidden_states = F.dropout(hidden_states, p=self.config.dropout, training=self.training)
 
-        self_bias = causal_bias(attention_mask, batch, seq_length, past_length, hidden_states)
+        self_mask = DecoderSelfAttentionMask(attention_mask, past_length, cache_position, hidden_states.dtype)
         cross_bias = None
         if encoder_hidden_states is not None:
             check_encoder_batch(batch, encoder_hidden_states.shape[0])
@@ -611,9 +843,9 @@ class BigBirdPegasusDecoder(BigBirdPegasusStack):
             if skip_layer(self.training, self.config.decoder_layerdrop):
                 continue
             hidden_states, self_probs, cross_probs = layer(
-                hidden_states, self_bias, encoder_hidden_states, cross_bias, cache, output_attentions,
+                hidden_states, self_mask, encoder_hidden_states, cross_bias, cache, output_attentions,
                 None if head_mask is None else head_mask[idx],
-                None if cross_attn_head_mask is None else cross_attn_head_mask[idx],
+                None if cross_attn_head_mask is None else cross_attn_head_mask[idx], cache_position,
             )
             all_self.append(self_probs)
             all_cross.append(cross_probs)
@@ -679,6 +911,14 @@ def check_encoder_batch(batch: int, encoder_batch: int):
         )
 
 
+def first_positions(states: torch.Tensor, length) -> torch.Tensor:
+    """states[:, :length]. While tracing a gather: the strides of a slice make symbolic shapes ask whether anything
+    was cut, which an export with a dynamic length cannot answer once for all lengths."""
+    if torch.compiler.is_compiling():
+        return states.index_select(1, torch.arange(length, device=states.device))
+    return states[:, :length]
+
+
 def is_unpadded(attention_mask: torch.Tensor) -> bool:
     """True when the mask has no padding, so attention can skip its key-padding bias. One check per forward;
     under torch.compile we keep the mask rather than break the graph on a data-dependent branch."""
@@ -690,28 +930,6 @@ def is_unpadded(attention_mask: torch.Tensor) -> bool:
 def skip_layer(training: bool, layerdrop: float) -> bool:
     # LayerDrop (https://huggingface.co/papers/1909.11556), in training only.
     return training and layerdrop > 0.0 and bool(torch.rand([]) < layerdrop)
-
-
-def causal_bias(attention_mask, batch, seq_length, past_length, like):
-    """Additive [batch, 1, seq, past + seq] mask: causal, and padding from a 2D decoder attention mask.
-
-    A single new token (every generation step) sees the whole cache: no causal part to build, and no bias at
-    all without a decoder attention mask."""
-    total = past_length + seq_length
-    key_allowed = None
-    if attention_mask is not None:
-        if attention_mask.dim() != 2:
-            raise ValueError("decoder attention_mask must be 2D [batch, length] with 1 for tokens and 0 for padding.")
-        if attention_mask.shape[1] == seq_length and past_length:
-            attention_mask = F.pad(attention_mask, (past_length, 0), value=1)
-        key_allowed = attention_mask[:, None, None, -total:].bool().to(like.device)
-    if seq_length == 1:
-        return None if key_allowed is None else additive_mask(key_allowed, like.dtype)
-    query_pos = torch.arange(past_length, total, device=like.device)[:, None]
-    allowed = (torch.arange(total, device=like.device)[None, :] <= query_pos)[None, None]
-    if key_allowed is not None:
-        allowed = allowed & key_allowed
-    return additive_mask(allowed.expand(batch, 1, seq_length, total), like.dtype)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -743,22 +961,24 @@ class BigBirdPegasusModel(BigBirdPegasusPreTrainedModel):
         self.encoder.embed_tokens = value
         self.decoder.embed_tokens = value
 
-    def _tie_weights(self):
-        # transformers 4.x ties through this hook; 5.x through `_tied_weights_keys`.
-        if self.config.tie_word_embeddings:
-            self.encoder.embed_tokens.weight = self.shared.weight
-            self.decoder.embed_tokens.weight = self.shared.weight
+    # The encoder and decoder read the shared embeddings, as in Pegasus: that is the architecture, not an option.
+    # `tie_word_embeddings` only says whether lm_head is tied to them too.
+    def _tie_weights(self):  # transformers 4.x ties through this hook
+        self.encoder.embed_tokens.weight = self.shared.weight
+        self.decoder.embed_tokens.weight = self.shared.weight
 
-    def get_encoder(self):
-        return self.encoder
+    def get_expanded_tied_weights_keys(self, all_submodels: bool = False) -> dict:
+        """transformers 5 ties through this mapping, and drops all of it when `tie_word_embeddings` is off."""
+        if all_submodels:
+            return super().get_expanded_tied_weights_keys(all_submodels=True)
+        return dict(self._tied_weights_keys)
 
-    def get_decoder(self):
-        return self.decoder
-
+    @accepts_past_key_values
     def forward(self, input_ids=None, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
                 head_mask=None, decoder_head_mask=None, cross_attn_head_mask=None, encoder_outputs=None,
                 past_key_values=None, inputs_embeds=None, decoder_inputs_embeds=None, use_cache=None,
-                output_attentions=None, output_hidden_states=None, return_dict=None, cache=None, **kwargs):
+                output_attentions=None, output_hidden_states=None, return_dict=None, cache=None,
+                decoder_position_ids=None, **kwargs):
         output_attentions, output_hidden_states, return_dict = resolve_output_flags(
             self.config, output_attentions, output_hidden_states, return_dict)
         if decoder_input_ids is None and decoder_inputs_embeds is None:
@@ -778,7 +998,7 @@ class BigBirdPegasusModel(BigBirdPegasusPreTrainedModel):
             head_mask=decoder_head_mask, cross_attn_head_mask=cross_attn_head_mask,
             cache=cache if cache is not None else past_key_values, inputs_embeds=decoder_inputs_embeds,
             use_cache=use_cache, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-            return_dict=True,
+            return_dict=True, position_ids=decoder_position_ids, **cache_position_argument(kwargs),
         )
         output = Seq2SeqModelOutput(
             last_hidden_state=decoder_outputs.last_hidden_state,
@@ -825,12 +1045,6 @@ class BigBirdPegasusForConditionalGeneration(BigBirdPegasusPreTrainedModel, Gene
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.post_init()
 
-    def get_encoder(self):
-        return self.model.get_encoder()
-
-    def get_decoder(self):
-        return self.model.get_decoder()
-
     def get_output_embeddings(self):
         return self.lm_head
 
@@ -842,34 +1056,41 @@ class BigBirdPegasusForConditionalGeneration(BigBirdPegasusPreTrainedModel, Gene
             self.model._tie_weights()
             self.lm_head.weight = self.model.shared.weight
 
+    def resize_token_embeddings(self, new_num_tokens=None, pad_to_multiple_of=None, mean_resizing=True):
+        """Resizes the shared embeddings (and an untied lm_head) as transformers does, and `final_logits_bias` with
+        them: kept values for kept tokens, 0 for new ones."""
+        embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        self.resize_final_logits_bias(embeddings.weight.shape[0])
+        return embeddings
+
+    def resize_final_logits_bias(self, vocab_size: int):
+        bias = self.final_logits_bias
+        if vocab_size <= bias.shape[-1]:
+            self.final_logits_bias = bias[:, :vocab_size].clone()
+        else:
+            self.final_logits_bias = F.pad(bias, (0, vocab_size - bias.shape[-1]))
+
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor):
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
 
     def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None, **model_kwargs):
         """generate() hook: copies inputs once per beam (or returned sequence). The encoder output and its mask
-        stay one per input instead: cross-attention groups the beams' queries, so the cross-attention keys and
-        values are projected, stored and read once per input and never reordered between beams."""
+        stay one per input instead: the cross-attention keys and values are projected, stored and read once per
+        input (`SharedCrossAttentionLayer`), whatever the number of beams."""
         shared = {name: model_kwargs.pop(name) for name in ("encoder_outputs", "attention_mask")
                   if name in model_kwargs}
         input_ids, model_kwargs = super()._expand_inputs_for_generation(
             expand_size=expand_size, is_encoder_decoder=False, input_ids=input_ids, **model_kwargs)
         return input_ids, {**model_kwargs, **shared}
 
-    def _reorder_cache(self, cache, beam_idx):
-        """generate() hook of beam search: the decoder's own cache follows the surviving beams; the per-input
-        cross-attention cache (see `_expand_inputs_for_generation`) is shared by all of them and stays."""
-        if not isinstance(cache, EncoderDecoderCache):
-            cache.reorder_cache(beam_idx)
-            return cache
-        cache.self_attention_cache.reorder_cache(beam_idx)
-        if cache_batch_size(cache.cross_attention_cache) == beam_idx.shape[0]:  # one entry per beam after all
-            cache.cross_attention_cache.reorder_cache(beam_idx)
-        return cache
-
+    @accepts_past_key_values
     def forward(self, input_ids=None, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
                 head_mask=None, decoder_head_mask=None, cross_attn_head_mask=None, encoder_outputs=None,
                 past_key_values=None, inputs_embeds=None, decoder_inputs_embeds=None, labels=None, use_cache=None,
-                output_attentions=None, output_hidden_states=None, return_dict=None, cache=None, **kwargs):
+                output_attentions=None, output_hidden_states=None, return_dict=None, cache=None,
+                decoder_position_ids=None, logits_to_keep=0, **kwargs):
+        """logits_to_keep: compute the logits of the last `logits_to_keep` positions only (0: all), or of the
+        positions in a 1D index tensor (generation asks for the last one)."""
         return_dict = self.config.return_dict if return_dict is None else return_dict
         if labels is not None:
             use_cache = False
@@ -881,21 +1102,26 @@ class BigBirdPegasusForConditionalGeneration(BigBirdPegasusPreTrainedModel, Gene
             cross_attn_head_mask=cross_attn_head_mask, encoder_outputs=encoder_outputs,
             cache=cache if cache is not None else past_key_values, inputs_embeds=inputs_embeds,
             decoder_inputs_embeds=decoder_inputs_embeds, use_cache=use_cache, output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states, return_dict=True,
+            output_hidden_states=output_hidden_states, return_dict=True, decoder_position_ids=decoder_position_ids,
+            **cache_position_argument(kwargs),
         )
-        logits = vocabulary_logits(self.lm_head, outputs.last_hidden_state)
+        logits = vocabulary_logits(self.lm_head, kept_positions(outputs.last_hidden_state, logits_to_keep))
         logits = logits + self.final_logits_bias.to(logits.device)
         loss = None if labels is None else language_modeling_loss(logits, labels)
         output = head_output(Seq2SeqLMOutput, loss, outputs, logits=logits)
         return output if return_dict else output.to_tuple()
 
 
-def cache_batch_size(cache: Cache):
-    """Rows held by a cache, or None while it is empty."""
-    for layer in cache.layers:
-        if getattr(layer, "keys", None) is not None and layer.keys.numel():
-            return layer.keys.shape[0]
-    return None
+def cache_position_argument(kwargs) -> dict:
+    """transformers 4's generate passes `cache_position` (where a static cache writes): hand it to the decoder."""
+    return {"cache_position": kwargs["cache_position"]} if kwargs.get("cache_position") is not None else {}
+
+
+def kept_positions(hidden_states, logits_to_keep):
+    """The positions whose logits are wanted: the last `logits_to_keep` (0: all), or those of an index tensor."""
+    if isinstance(logits_to_keep, int):
+        return hidden_states[:, -logits_to_keep:] if logits_to_keep else hidden_states
+    return hidden_states[:, logits_to_keep]
 
 
 # A decoding step multiplies a few rows by the whole output embedding. CPU BLAS runs that far below memory speed
@@ -904,21 +1130,33 @@ def cache_batch_size(cache: Cache):
 DECODING_ROWS = 8
 
 
-def vocabulary_logits(lm_head: nn.Linear, hidden_states: torch.Tensor) -> torch.Tensor:
-    """lm_head(hidden_states), computed the fast way for the few rows of a CPU decoding step."""
-    if torch.compiler.is_exporting():  # the row count would become a constant of the exported graph
+def vocabulary_logits(lm_head: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
+    """lm_head(hidden_states), computed the fast way for the few rows of an eager CPU decoding step."""
+    if not takes_decoding_shortcut(lm_head, hidden_states):
         return lm_head(hidden_states)
-    weight = lm_head.weight
-    rows = hidden_states.shape[:-1].numel()
-    fast = (rows <= DECODING_ROWS and weight.device.type == "cpu" and hidden_states.device == weight.device
-            and weight.dtype == hidden_states.dtype == torch.float32)
-    if not fast:
-        return lm_head(hidden_states)
+    weight, rows = lm_head.weight, hidden_states.shape[:-1].numel()
     flat = hidden_states.reshape(rows, -1)
     logits = (weight @ (flat.repeat(2, 1) if rows == 1 else flat).t()).t()[:rows].contiguous()
     if lm_head.bias is not None:
         logits = logits + lm_head.bias
     return logits.reshape(*hidden_states.shape[:-1], -1)
+
+
+def takes_decoding_shortcut(lm_head: nn.Module, hidden_states: torch.Tensor) -> bool:
+    """Only for a plain fp32 `nn.Linear` on the CPU (not a quantized or otherwise replaced head), and never while a
+    graph is exported or traced for other shapes (torch.export, torch.onnx.export, torch.jit.trace): the row count
+    is decided here in Python and would be baked into the graph. torch.compile may take it: Dynamo guards the row
+    count, so other row counts get their own graph."""
+    exported = torch.compiler.is_exporting() or torch.jit.is_tracing()
+    if type(lm_head) is not nn.Linear or exported or torch.compiler.is_compiling() != is_dynamo_compiling():
+        return False
+    weight = lm_head.weight
+    return (hidden_states.shape[:-1].numel() <= DECODING_ROWS and weight.device.type == "cpu"
+            and hidden_states.device == weight.device and weight.dtype == hidden_states.dtype == torch.float32)
+
+
+def is_dynamo_compiling() -> bool:
+    return getattr(torch.compiler, "is_dynamo_compiling", lambda: False)()
 
 
 def language_modeling_loss(logits, labels):
@@ -1048,10 +1286,19 @@ class BigBirdPegasusDecoderWrapper(BigBirdPegasusPreTrainedModel):
         return self.decoder(*args, **kwargs)
 
 
+# Checkpoint keys of a seq2seq model -> keys of the causal LM.
+SEQ2SEQ_DECODER_KEYS = {
+    r"^model\.shared\.weight$": "model.decoder.embed_tokens.weight",  # BigBirdPegasusForConditionalGeneration
+    r"^shared\.weight$": "decoder.embed_tokens.weight",  # BigBirdPegasusModel
+}
+
+
 class BigBirdPegasusForCausalLM(BigBirdPegasusPreTrainedModel, GenerationMixin):
     """The decoder alone as a causal language model (optionally cross-attending to given encoder states)."""
 
     _tied_weights_keys = {"lm_head.weight": "model.decoder.embed_tokens.weight"} if TRANSFORMERS_V5 else ["lm_head.weight"]
+    # A seq2seq checkpoint holds the decoder too: its encoder and final_logits_bias are simply not used.
+    _keys_to_ignore_on_load_unexpected = [r"^(model\.)?encoder\.", r"^final_logits_bias$"]
 
     def __init__(self, config: BigBirdPegasusConfig):
         config = copy.deepcopy(config)
@@ -1073,26 +1320,34 @@ class BigBirdPegasusForCausalLM(BigBirdPegasusPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, new_embeddings):
         self.lm_head = new_embeddings
 
-    def get_decoder(self):
-        return self.model.decoder
-
     def _tie_weights(self):
         if self.config.tie_word_embeddings:
             self.lm_head.weight = self.model.decoder.embed_tokens.weight
 
+    @classmethod
+    def from_pretrained(cls, *args, key_mapping=None, **kwargs):
+        """Also loads the decoder of a seq2seq checkpoint, which stores the decoder's token embeddings as the
+        shared ones (`model.shared.weight`, or `shared.weight` in a bare `BigBirdPegasusModel`)."""
+        key_mapping = {**SEQ2SEQ_DECODER_KEYS, **(key_mapping or {})}
+        return super().from_pretrained(*args, key_mapping=key_mapping, **kwargs)
+
+    @accepts_past_key_values
     def forward(self, input_ids=None, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
                 head_mask=None, cross_attn_head_mask=None, past_key_values=None, inputs_embeds=None, labels=None,
                 use_cache=None, output_attentions=None, output_hidden_states=None, return_dict=None, cache=None,
-                **kwargs):
+                position_ids=None, logits_to_keep=0, **kwargs):
+        """See `BigBirdPegasusDecoder.forward` for attention_mask and position_ids and
+        `BigBirdPegasusForConditionalGeneration.forward` for logits_to_keep."""
         return_dict = self.config.return_dict if return_dict is None else return_dict
         outputs = self.model.decoder(
             input_ids=input_ids, attention_mask=attention_mask, encoder_hidden_states=encoder_hidden_states,
             encoder_attention_mask=encoder_attention_mask, head_mask=head_mask,
             cross_attn_head_mask=cross_attn_head_mask, cache=cache if cache is not None else past_key_values,
             inputs_embeds=inputs_embeds, use_cache=use_cache, output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states, return_dict=True,
+            output_hidden_states=output_hidden_states, return_dict=True, position_ids=position_ids,
+            **cache_position_argument(kwargs),
         )
-        logits = vocabulary_logits(self.lm_head, outputs.last_hidden_state)
+        logits = vocabulary_logits(self.lm_head, kept_positions(outputs.last_hidden_state, logits_to_keep))
         # As in the built-in model, labels are aligned with the logits (not shifted inside).
         loss = None if labels is None else language_modeling_loss(logits, labels)
         output = CausalLMOutputWithCrossAttentions(

@@ -30,10 +30,26 @@ class BigBirdPegasusConfig(PretrainedConfig):
         encoder_layerdrop / decoder_layerdrop (`float`, defaults to 0.0): LayerDrop probability in training.
         use_cache (`bool`, defaults to `True`): return the key/value cache for fast generation.
         attention_type (`str`, defaults to `"block_sparse"`): encoder self-attention, `"block_sparse"` or
-            `"original_full"`.
+            `"original_full"`. Block-sparse attention needs more than `(5 + 2 * num_random_blocks) * block_size`
+            tokens (704 with the defaults; the global, window and random blocks of one query block): a shorter
+            (padded) input uses full attention for that call only, as transformers' built-in model does. Longer
+            inputs are padded internally to a multiple of `block_size` (or of `pad_to_multiple_of`).
         use_bias (`bool`, defaults to `False`): biases on the attention projections.
         block_size (`int`, defaults to 64): tokens per attention block.
         num_random_blocks (`int`, defaults to 3): random key blocks per query block.
+        pad_to_multiple_of (`int`, *optional*, defaults to `None`): pad every encoder input (internally; outputs keep
+            the input's length) to a multiple of this many tokens, a multiple of `block_size`. Block-sparse
+            attention's random blocks depend on the padded length, so with `None` (pad to a multiple of
+            `block_size` only) a document's output depends on how long the longest document of its batch is. With
+            1024, as the original code pads to its `max_encoder_length`: every length up to 4096 is one of the
+            original code's grid lengths (1024, 2048, 3072, 4096), whose random blocks are prefixes of one
+            4096-token table, so a document's output no longer depends on its batch (up to float rounding), and
+            `torch.export` / `torch.onnx.export` with a dynamic sequence length slice that one constant table.
+            Such inputs always use block-sparse attention (1024 tokens exceed the full-attention threshold above).
+            Above 4096 tokens (`max_position_embeddings` > 4096) the original code draws a table per length: the
+            model still runs (eagerly and compiled), but the output depends on the padded length again and a
+            dynamic-length export needs a torch operator that ONNX cannot express. Costs the attention over the
+            padding (about 1.5x the encoder time for a 1500-token input padded to 2048; see benchmarks/).
         scale_embeddings (`bool`, defaults to `True`): multiply token embeddings by `sqrt(d_model)`.
         layer_norm_eps (`float`, defaults to 1e-5): LayerNorm epsilon (Google's TensorFlow code used 1e-12).
     """
@@ -78,6 +94,7 @@ class BigBirdPegasusConfig(PretrainedConfig):
         num_random_blocks=3,
         layer_norm_eps=1e-5,
         tie_word_embeddings=True,
+        pad_to_multiple_of=None,
         **kwargs,
     ):
         # transformers' built-in config spells it `scale_embedding`; accept the documented plural too.
@@ -107,6 +124,7 @@ class BigBirdPegasusConfig(PretrainedConfig):
         self.num_random_blocks = num_random_blocks
         self.use_bias = use_bias
         self.layer_norm_eps = layer_norm_eps
+        self.pad_to_multiple_of = pad_to_multiple_of
         self._validate()
         super().__init__(
             pad_token_id=pad_token_id,
@@ -132,7 +150,7 @@ class BigBirdPegasusConfig(PretrainedConfig):
                      "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim", "max_position_embeddings",
                      "block_size"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not _is_integer(value) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
         if not isinstance(self.num_random_blocks, int) or isinstance(self.num_random_blocks, bool) or \
                 self.num_random_blocks < 0:
@@ -157,12 +175,22 @@ class BigBirdPegasusConfig(PretrainedConfig):
                 f"activation_function {self.activation_function!r} is unknown; use one of transformers' activations, "
                 f"e.g. 'gelu_new' (the original BigBird gelu), 'relu' or 'gelu'."
             )
+        multiple = self.pad_to_multiple_of
+        if multiple is not None and (not _is_integer(multiple) or multiple < 1 or multiple % self.block_size):
+            raise ValueError(
+                f"pad_to_multiple_of must be None or a positive multiple of block_size ({self.block_size}), got "
+                f"{multiple!r}. 1024 pads inputs as the original code does (see the docstring)."
+            )
         if not _is_real(self.layer_norm_eps) or not self.layer_norm_eps > 0:
             raise ValueError(f"layer_norm_eps must be a number > 0, got {self.layer_norm_eps!r}.")
 
 
 def _is_real(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 BigBirdPegasusConfig.register_for_auto_class()

@@ -1,5 +1,6 @@
 """The random key blocks equal those of Google's original code, without touching any global RNG."""
 
+import types
 from pathlib import Path
 
 import numpy as np
@@ -7,10 +8,12 @@ import pytest
 import torch
 import transformers
 
+from bigbird_pegasus_hub.plugin import block_sparse_layout as layout_module
 from bigbird_pegasus_hub.plugin.block_sparse_layout import (
     LegacyNumpyRandom,
     block_sparse_layout,
     original_random_blocks,
+    random_block_rows,
 )
 
 TF_REFERENCE = Path(__file__).parent / "fixtures" / "tf_reference"
@@ -83,7 +86,49 @@ def test_no_global_rng_is_touched():
     np.random.seed(123)
     torch.manual_seed(123)
     numpy_state, torch_state = np.random.get_state()[1].copy(), torch.get_rng_state()
-    original_random_blocks.cache_clear()
+    random_block_rows.cache_clear()
     original_random_blocks(5, 1536, 4, 16, 3)
     assert np.array_equal(np.random.get_state()[1], numpy_state)
     assert torch.equal(torch.get_rng_state(), torch_state)
+
+
+def import_layout_file(module_name, source):
+    """block_sparse_layout.py executed as a new module, as transformers imports remote code of a Hub repo."""
+    module = types.ModuleType(module_name)
+    exec(compile(source, f"{module_name}.py", "exec"), module.__dict__)
+    return module
+
+
+def test_each_implementation_registers_its_own_random_blocks_operator():
+    source = Path(layout_module.__file__).read_text()
+    again = import_layout_file("transformers_modules.repo.rev.block_sparse_layout", source)
+    assert again.random_blocks_op is layout_module.random_blocks_op  # the same code: one operator
+    changed = import_layout_file("transformers_modules.other.block_sparse_layout",
+                                 source.replace("ORIGINAL_GRID_LAST_INDEX = 1024", "ORIGINAL_GRID_LAST_INDEX = 2048"))
+    assert changed.random_blocks_op is not layout_module.random_blocks_op  # never the other file's kernel
+    cpu = torch.device("cpu")
+    for module in (again, changed):
+        expected = module.original_random_blocks(1, 2048, 4, 16, 2)
+        assert torch.equal(module.random_blocks_op(1, 2048, 4, 16, 2, cpu), expected)
+    assert not torch.equal(changed.original_random_blocks(1, 2048, 4, 16, 2),
+                           original_random_blocks(1, 2048, 4, 16, 2))
+
+
+def test_traced_layouts_equal_the_cached_ones():
+    """What a graph computes (the operator's table, the grid's first rows) is the eager layout."""
+    for length in (640, 2048):
+        eager = block_sparse_layout(1, length, 4, 16, 2)
+        tables = [layout_module.random_blocks_op(1, length, 4, 16, 2, torch.device("cpu"))]
+        if length in layout_module.PAPER_LENGTHS:
+            tables.append(layout_module.paper_grid_table(1, 4, 16, 2)[:, : length // 16 - 2])
+        for table in tables:
+            traced = layout_module.layout_from_random_blocks(table, length // 16, 16)
+            for name in ("key_blocks", "slot_allowed", "head_key_blocks", "key_allowed"):
+                assert torch.equal(getattr(traced, name), getattr(eager, name)), name
+
+
+@pytest.mark.parametrize("multiple, max_length, on_grid", [(None, 4096, False), (1024, 4096, True), (2048, 4096, True),
+                                                           (1024, 3000, True), (512, 4096, False),
+                                                           (1024, 8192, False), (3072, 4096, False)])
+def test_lengths_on_the_original_grid(multiple, max_length, on_grid):
+    assert layout_module.lengths_on_original_grid(multiple, max_length) == on_grid

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 from test_cli import Run, assert_fails_clearly, assert_succeeds, finish, run_side_by_side, start
-from tiny import tiny_config, tiny_repo
+from tiny import enable_checkpointing, tiny_config, tiny_repo
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from bigbird_pegasus_hub.finetune import LORA_TARGET_MODULES, RougeMetrics, with_lora
@@ -249,12 +249,6 @@ def test_adapter_trained_in_two_processes_loads_onto_its_base(runs):
 
 # ----------------------------------------------------------------------------------------------------------------
 # LoRA with gradient checkpointing (in-process): same gradients, every matrix trains.
-
-
-def enable_checkpointing(model) -> None:
-    """transformers 5 renamed gradient checkpointing to activation checkpointing; the old name warns."""
-    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-    enable({"use_reentrant": False})
 
 
 def lora_training(checkpointing: bool, steps: int = 3) -> dict:

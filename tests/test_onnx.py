@@ -3,8 +3,9 @@
 The console script exports one tiny model (fp32) and a smaller one (fp16, the other opset bounds) side by side,
 once per module: the exports take most of this file's time. Every parity test reads those folders.
 
-The exported encoder pads every input to the model's max_position_embeddings (PADDED) inside the graph, so its
-reference is our PyTorch encoder on the same input padded to PADDED tokens.
+The exported encoder takes every length up to the model's max_position_embeddings (MAX_POSITIONS) in one graph:
+it pads inputs to a multiple of 1024 tokens (`pad_to_multiple_of`, the original code's grid), so its reference is
+our PyTorch model with that option, on the same unpadded input.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
-import torch.nn.functional as F
 import transformers
 from test_cli import Run, assert_fails_clearly, assert_succeeds, installed_script, run_cli, run_side_by_side
 from tiny import max_abs_diff, tiny_repo
@@ -27,7 +27,8 @@ from bigbird_pegasus_hub.onnx_model import OnnxBigBirdPegasusForConditionalGener
 from bigbird_pegasus_hub.plugin.modeling_bigbird_pegasus import BigBirdPegasusForConditionalGeneration
 
 
-PADDED = 512  # max_position_embeddings of the exported model: the encoder's padded length
+MAX_POSITIONS = 2048  # max_position_embeddings of the exported model: two steps of the 1024-token grid
+GRID = onnx_export.GRID_MULTIPLE
 SMALL = dict(encoder_layers=1, decoder_layers=1, max_position_embeddings=256)  # the fp16 export's model
 ONNX_FILES = ("encoder_model.onnx", "decoder_model.onnx", "decoder_with_past_model.onnx")
 TRANSFORMERS_V5 = int(transformers.__version__.split(".")[0]) >= 5
@@ -40,7 +41,7 @@ TRANSFORMERS_V5 = int(transformers.__version__.split(".")[0]) >= 5
 @pytest.fixture(scope="module")
 def repos(tmp_path_factory, tokenizer_dir) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("onnx_repos")
-    return {"fp32": tiny_repo(folder / "tiny", tokenizer_dir, max_position_embeddings=PADDED),
+    return {"fp32": tiny_repo(folder / "tiny", tokenizer_dir, max_position_embeddings=MAX_POSITIONS),
             "fp16": tiny_repo(folder / "small", tokenizer_dir, seed=1, **SMALL)}
 
 
@@ -62,7 +63,8 @@ def exports(tmp_path_factory, repos) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def pytorch_model(repos) -> BigBirdPegasusForConditionalGeneration:
-    return BigBirdPegasusForConditionalGeneration.from_pretrained(repos["fp32"]).eval()
+    """The exported model in PyTorch: the same weights, inputs padded to the same grid."""
+    return BigBirdPegasusForConditionalGeneration.from_pretrained(repos["fp32"], pad_to_multiple_of=GRID).eval()
 
 
 @pytest.fixture(scope="module")
@@ -81,15 +83,9 @@ def document_batch(vocab_size: int, length: int, padded_rows: int = 0, seed: int
     return input_ids, attention_mask
 
 
-def pad_to(tensor: torch.Tensor, length: int) -> torch.Tensor:
-    return F.pad(tensor, (0, length - tensor.shape[1]))
-
-
 @torch.no_grad()
 def pytorch_encoder(model, input_ids, attention_mask) -> torch.Tensor:
-    """Our encoder on the input padded to PADDED tokens, as the exported graph pads it; cut back to its length."""
-    states = model.get_encoder()(input_ids=pad_to(input_ids, PADDED), attention_mask=pad_to(attention_mask, PADDED))
-    return states.last_hidden_state[:, :input_ids.shape[1]]
+    return model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -105,6 +101,7 @@ def test_export_writes_optimum_layout_without_code(exports, repos):
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == "bigbird_pegasus"
     assert "auto_map" not in config and "custom_pipelines" not in config  # the ONNX folder ships no code
+    assert config["pad_to_multiple_of"] == GRID  # what the encoder graph does to every input
     source = json.loads((repos["fp32"] / "generation_config.json").read_text())
     generation = json.loads((folder / "generation_config.json").read_text())
     assert {key: generation[key] for key in ("num_beams", "length_penalty", "no_repeat_ngram_size")} == \
@@ -145,19 +142,48 @@ def test_graphs_have_optimum_names_and_dynamic_axes(exports):
 # Parity with PyTorch.
 
 
-@pytest.mark.parametrize(("length", "padded_rows"), [(PADDED, 0), (PADDED, 1), (300, 0), (300, 2), (150, 1)])
+@pytest.mark.parametrize(("length", "padded_rows"), [(MAX_POSITIONS, 0), (MAX_POSITIONS, 1), (1500, 2), (300, 0),
+                                                     (300, 2), (150, 1)])
 def test_encoder_matches_pytorch(onnx_model, pytorch_model, length, padded_rows):
-    """One exported encoder for every length up to PADDED, with and without padding: <= 1e-5 from PyTorch."""
+    """One exported encoder for every length up to MAX_POSITIONS, with and without padding: <= 1e-5 from PyTorch."""
     input_ids, attention_mask = document_batch(pytorch_model.config.vocab_size, length, padded_rows, seed=length)
     onnx_states = onnx_model.get_encoder()(input_ids, attention_mask).last_hidden_state
     assert onnx_states.shape == (2, length, pytorch_model.config.d_model)
     assert max_abs_diff(onnx_states, pytorch_encoder(pytorch_model, input_ids, attention_mask)) <= 1e-5
 
 
+def test_one_encoder_graph_serves_lengths_on_two_grid_steps(exports, pytorch_model):
+    """The encoder graph has a symbolic length and pads in the graph, never to a fixed length: in one ONNX Runtime
+    session, a 700-token and a 1500-token batch (padded to 1024 and 2048 tokens: two different random-block
+    tables) give our eager outputs."""
+    encoder = OnnxBigBirdPegasusForConditionalGeneration.from_pretrained(exports["fp32"]).get_encoder()
+    assert onnx_export.PADDED_LENGTH_KEY not in encoder.session.metadata
+    assert encoder.max_length == MAX_POSITIONS
+    for length in (700, 1500):
+        input_ids, attention_mask = document_batch(pytorch_model.config.vocab_size, length, padded_rows=1)
+        onnx_states = encoder(input_ids, attention_mask).last_hidden_state
+        assert onnx_states.shape == (2, length, pytorch_model.config.d_model)
+        assert max_abs_diff(onnx_states, pytorch_encoder(pytorch_model, input_ids, attention_mask)) <= 1e-5
+
+
+@pytest.mark.parametrize(("changes", "expected"), [
+    ({}, ({"pad_to_multiple_of": GRID}, None)),
+    ({"pad_to_multiple_of": 2048}, ({"pad_to_multiple_of": 2048}, None)),
+    ({"attention_type": "original_full"}, ({}, None)),
+    ({"max_position_embeddings": 8192}, ({}, 8192)),  # beyond the grid: every input padded to the positions
+    ({"block_size": 48}, ({}, 4096)),  # 1024 is no multiple of the block
+    ({"max_position_embeddings": 1024}, ({}, 1024)),  # one grid step: one padded length
+])
+def test_encoder_padding_of_an_export(changes, expected):
+    config = {"model_type": "bigbird_pegasus", "max_position_embeddings": 4096, "block_size": 64, **changes}
+    exported, padded_length = onnx_export.dynamic_length_config(config)
+    assert (exported, padded_length) == ({**config, **expected[0]}, expected[1])
+
+
 def test_encoder_keeps_the_original_random_blocks(onnx_model, pytorch_model, repos):
     """The exported encoder is our eager block-sparse encoder, random blocks included: not full attention, and not
     block-sparse attention with other random blocks (those of another encoder length)."""
-    input_ids, attention_mask = document_batch(pytorch_model.config.vocab_size, PADDED)
+    input_ids, attention_mask = document_batch(pytorch_model.config.vocab_size, MAX_POSITIONS)
     onnx_states = onnx_model.get_encoder()(input_ids, attention_mask).last_hidden_state
     assert max_abs_diff(onnx_states, pytorch_encoder(pytorch_model, input_ids, attention_mask)) <= 1e-5
     full = BigBirdPegasusForConditionalGeneration.from_pretrained(repos["fp32"], attention_type="original_full").eval()
@@ -177,8 +203,7 @@ def assert_generates_pytorch_ids(model, pytorch_model, num_beams: int) -> None:
     settings = dict(num_beams=num_beams, max_new_tokens=12, min_new_tokens=12, no_repeat_ngram_size=1)  # no repeats
     onnx_ids = model.generate(input_ids=input_ids, attention_mask=attention_mask, **settings)
     with torch.no_grad():
-        pytorch_ids = pytorch_model.generate(input_ids=pad_to(input_ids, PADDED),
-                                             attention_mask=pad_to(attention_mask, PADDED), **settings)
+        pytorch_ids = pytorch_model.generate(input_ids=input_ids, attention_mask=attention_mask, **settings)
     assert onnx_ids.tolist() == pytorch_ids.tolist()
     assert len(set(onnx_ids[0].tolist())) == 13  # decoder start + 12 new tokens: each step's argmax compared
 
@@ -199,8 +224,8 @@ def test_generate_returns_a_standard_cache(onnx_model, pytorch_model):
 
 
 def test_too_long_input_is_refused(onnx_model):
-    input_ids = torch.full((1, PADDED + 1), 5)
-    with pytest.raises(ValueError, match=f"reads at most {PADDED}"):
+    input_ids = torch.full((1, MAX_POSITIONS + 1), 5)
+    with pytest.raises(ValueError, match=f"reads at most {MAX_POSITIONS}"):
         onnx_model.generate(input_ids=input_ids, max_new_tokens=2)
 
 
@@ -217,7 +242,7 @@ def test_optimum_ort_model_loads_and_generates_pytorch_ids(exports, pytorch_mode
 def test_fp16_export_runs_close_to_fp32(exports, repos):
     model = OnnxBigBirdPegasusForConditionalGeneration.from_pretrained(exports["fp16"])
     assert model.dtype == torch.float16
-    reference = BigBirdPegasusForConditionalGeneration.from_pretrained(repos["fp16"]).eval()
+    reference = BigBirdPegasusForConditionalGeneration.from_pretrained(repos["fp16"]).eval()  # pads to its positions
     length = SMALL["max_position_embeddings"]
     input_ids, attention_mask = document_batch(reference.config.vocab_size, length, padded_rows=1)
     states = model.get_encoder()(input_ids, attention_mask).last_hidden_state

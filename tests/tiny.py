@@ -30,7 +30,8 @@ def tiny_config(**overrides) -> BigBirdPegasusConfig:
 
 def builtin_config(config: BigBirdPegasusConfig):
     """transformers' built-in config with the same values (it has no layer_norm_eps: keep ours at 1e-5)."""
-    values = {k: v for k, v in config.to_dict().items() if k not in ("layer_norm_eps", "auto_map", "architectures")}
+    values = {k: v for k, v in config.to_dict().items()
+              if k not in ("layer_norm_eps", "auto_map", "custom_pipelines", "architectures")}
     return transformers.BigBirdPegasusConfig(**values)
 
 
@@ -104,3 +105,9 @@ def word_level_tokenizer(folder, num_ids):
               "unk_token": "<unk>"}
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
     return folder
+
+
+def enable_checkpointing(model) -> None:
+    """transformers 5 renamed gradient checkpointing to activation checkpointing; the old name warns."""
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable({"use_reentrant": False})

@@ -35,8 +35,12 @@ ENCODER_FILE, DECODER_FILE, DECODER_WITH_PAST_FILE = (
     "encoder_model.onnx", "decoder_model.onnx", "decoder_with_past_model.onnx")
 PARTS = ("decoder", "encoder")  # the self-attention and the cross-attention cache
 KEY_VALUE = ("key", "value")
-# ONNX metadata of the encoder: the length that every input is padded to inside the graph.
+# ONNX metadata of the encoder: the longest input it reads, and (fixed-length exports only) the length that every
+# input is padded to inside the graph.
+MAX_LENGTH_KEY = "bigbird_pegasus.encoder_max_length"
 PADDED_LENGTH_KEY = "bigbird_pegasus.encoder_padded_length"
+# The padding of a dynamic-length encoder: the original code's grid (see the config's `pad_to_multiple_of`).
+GRID_MULTIPLE = 1024
 # Entries of a plugin repo's config.json that name Python code; an ONNX folder has none.
 CODE_CONFIG_KEYS = ("auto_map", "custom_pipelines")
 
@@ -63,8 +67,11 @@ def export_onnx(model_dir: str | os.PathLike, out_dir: str | os.PathLike, *, dty
         dtype: "fp32" or "fp16" (weights and activations of the graphs; fp16 is for GPUs: ONNX Runtime's CPU
             provider lacks fp16 kernels for several of its operators).
         opset: ONNX opset, MIN_OPSET to MAX_OPSET.
-        padded_length: the encoder pads every input to this many tokens inside the graph; defaults to the model's
-            max_position_embeddings. Longer inputs are refused.
+        padded_length: export an encoder that pads every input to this many tokens inside the graph. By default
+            (None) the encoder takes every length up to max_position_embeddings in one graph: block-sparse models
+            then pad their inputs to a multiple of 1024 tokens, the original code's grid (`pad_to_multiple_of`,
+            written to the exported config.json); models whose lengths cannot all lie on that grid (more than 4096
+            positions, or at most 1024) pad every input to max_position_embeddings. Longer inputs are refused.
         overwrite: replace an existing `out_dir`.
     """
     model_dir, out_dir = Path(model_dir), Path(out_dir)
@@ -74,8 +81,13 @@ def export_onnx(model_dir: str | os.PathLike, out_dir: str | os.PathLike, *, dty
 
     from .onnx_graphs import export_graph, graph_specs
 
-    model = load_model(model_dir, torch.float16 if dtype == "fp16" else torch.float32)
-    metadata = {PADDED_LENGTH_KEY: str(padded_length)}
+    if padded_length is None:
+        config, padded_length = dynamic_length_config(config)
+    model = load_model(model_dir, torch.float16 if dtype == "fp16" else torch.float32,
+                       pad_to_multiple_of=config.get("pad_to_multiple_of"))
+    metadata = {MAX_LENGTH_KEY: str(config.get("max_position_embeddings", 4096))}
+    if padded_length is not None:
+        metadata[PADDED_LENGTH_KEY] = str(padded_length)
     with output_folder(out_dir, overwrite) as staging:
         for spec in graph_specs(model, padded_length, model.dtype):
             export_graph(spec, staging, opset, metadata)
@@ -145,21 +157,40 @@ def check_onnx_packages() -> None:
                               f"missing): {INSTALL_HINT}")
 
 
-def check_padded_length(padded_length: int | None, config: dict) -> int:
+def check_padded_length(padded_length: int | None, config: dict) -> int | None:
     max_positions = config.get("max_position_embeddings", 4096)
     if padded_length is None:
-        return max_positions
+        return None
     if not 1 <= padded_length <= max_positions:
         raise OnnxExportError(f"padded_length must be between 1 and the model's max_position_embeddings "
                               f"({max_positions}), got {padded_length}.")
     return padded_length
 
 
-def load_model(model_dir: Path, dtype):
+def dynamic_length_config(config: dict) -> tuple[dict, int | None]:
+    """(config to export, padded length) for an encoder graph that takes every length. Block-sparse attention's
+    random blocks depend on the padded length; on the original code's grid (inputs padded to a multiple of 1024
+    tokens, up to 4096) every length's blocks are the first rows of one table, a constant of the graph. A model that
+    does not fit the grid, or has a single grid step (at most 1024 positions: one padded length, which torch.export
+    cannot keep symbolic), pads every input to max_position_embeddings instead (padded length returned)."""
+    from .plugin.block_sparse_layout import lengths_on_original_grid
+
+    if config.get("attention_type", "block_sparse") != "block_sparse":
+        return config, None  # full attention: nothing depends on the length
+    max_positions = config.get("max_position_embeddings", 4096)
+    multiple = config.get("pad_to_multiple_of") or GRID_MULTIPLE
+    if multiple % config.get("block_size", 64) or max_positions <= multiple or \
+            not lengths_on_original_grid(multiple, max_positions):
+        return config, max_positions
+    return {**config, "pad_to_multiple_of": multiple}, None
+
+
+def load_model(model_dir: Path, dtype, pad_to_multiple_of: int | None = None):
     """The folder's weights in this package's own class (never the folder's Python files), in eval mode."""
     from .plugin.modeling_bigbird_pegasus import BigBirdPegasusForConditionalGeneration
 
-    model = BigBirdPegasusForConditionalGeneration.from_pretrained(model_dir, dtype=dtype)
+    model = BigBirdPegasusForConditionalGeneration.from_pretrained(model_dir, dtype=dtype,
+                                                                   pad_to_multiple_of=pad_to_multiple_of)
     return model.eval()
 
 

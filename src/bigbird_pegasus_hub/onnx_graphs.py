@@ -12,8 +12,10 @@ The first decoder step projects the cross-attention keys and values once; the la
 their inputs. Each graph wraps our own PyTorch modules, so the ONNX model computes exactly what `generate` does in
 PyTorch, block-sparse attention with the original random blocks included.
 
-Batch and decoder lengths are dynamic. The block-sparse layout depends on the encoder's padded length, so the
-encoder is traced at one `padded_length`: it pads every input to that length inside the graph (as Google's original
+Batch, encoder and decoder lengths are dynamic. The block-sparse layout depends on the encoder's padded length:
+with the model's `pad_to_multiple_of` on the original code's grid (1024, as `onnx_export` sets it), every padded
+length's random blocks are the first rows of one constant table, so one graph serves every length. Otherwise the
+encoder is traced with a `padded_length`: it pads every input to that length inside the graph (as Google's original
 code padded every input to `max_encoder_length`) and cuts its output back to the input's length.
 """
 
@@ -172,11 +174,10 @@ def decoder_spec(model, axes: Axes, generator, dtype, with_past: bool) -> GraphS
 
 
 def example_encoder_length(config, padded_length: int | None) -> int:
-    """An input length to trace the encoder with: below `padded_length`, so the in-graph padding is traced.
-    (Without `padded_length`, the layout must not depend on the length: see the module docstring.)"""
-    if padded_length is not None:
-        return max(2, padded_length - config.block_size - 1)
-    return config.max_position_embeddings
+    """An input length to trace the encoder with, short of the length it is padded to (`padded_length`, or the
+    first multiple of `pad_to_multiple_of`), so that the padding is traced."""
+    padded = padded_length or min(config.pad_to_multiple_of or config.block_size, config.max_position_embeddings)
+    return max(7, padded - config.block_size - 1)  # not 0 or 1 (torch.export specializes them), not the batch
 
 
 def export_graph(spec: GraphSpec, folder: Path, opset: int, metadata: dict[str, str]) -> Path:

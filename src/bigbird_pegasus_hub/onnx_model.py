@@ -25,7 +25,7 @@ from torch import nn
 from transformers import DynamicCache, EncoderDecoderCache, GenerationConfig, GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 
-from .onnx_export import DECODER_FILE, DECODER_WITH_PAST_FILE, ENCODER_FILE, PADDED_LENGTH_KEY, PARTS, cache_names
+from .onnx_export import DECODER_FILE, DECODER_WITH_PAST_FILE, ENCODER_FILE, MAX_LENGTH_KEY, PARTS, cache_names
 from .plugin.configuration_bigbird_pegasus import BigBirdPegasusConfig
 
 __all__ = ["OnnxBigBirdPegasusForConditionalGeneration"]
@@ -68,8 +68,8 @@ class OnnxEncoder(nn.Module):
     def __init__(self, session: OnnxSession):
         super().__init__()
         self.session = session
-        padded_length = session.metadata.get(PADDED_LENGTH_KEY)
-        self.max_length = int(padded_length) if padded_length else None
+        max_length = session.metadata.get(MAX_LENGTH_KEY)
+        self.max_length = int(max_length) if max_length else None
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> BaseModelOutput:
         if self.max_length is not None and input_ids.shape[1] > self.max_length:
