@@ -26,7 +26,14 @@ from transformers.modeling_outputs import (
 )
 from transformers.utils import logging
 
-from .block_sparse_layout import BlockSparseLayout, block_sparse_layout
+from .block_sparse_layout import (
+    FIRST_GLOBAL_SLOT,
+    FIXED_SLOTS,
+    LAST_GLOBAL_SLOT,
+    WINDOW_SLOTS,
+    BlockSparseLayout,
+    block_sparse_layout,
+)
 from .configuration_bigbird_pegasus import BigBirdPegasusConfig
 
 logger = logging.get_logger(__name__)
@@ -150,16 +157,22 @@ def block_sparse_attention(query, key, value, layout: BlockSparseLayout, token_m
     two global blocks and its random blocks, gathered through `layout` and attended by batched SDPA calls.
 
     query/key/value: [batch, heads, seq, head_dim]; token_mask: [batch, seq] bool, or None without padding.
+    With gradients, `BlockSparseAttentionFunction` runs the same forward and a backward that recomputes the
+    gathered blocks instead of storing them.
     """
-    block_size = layout.block_size
-    # One head-major copy of each: the block gather needs it, and SDPA runs faster on it.
-    query, key, value = query.contiguous(), key.contiguous(), value.contiguous()
-    global_context, global_probs = attend_global_blocks(query, key, value, token_mask, block_size, need_weights)
-    middle_context, middle_probs = attend_middle_blocks(query, key, value, layout, token_mask, need_weights)
-    context = torch.cat([global_context[:, :, :block_size], middle_context, global_context[:, :, block_size:]], dim=2)
+    # One head-major copy of the queries, and one of the keys and values side by side: a single gather per tile
+    # fetches both, and SDPA reads them as strided views.
+    query, key_value = query.contiguous(), torch.cat([key, value], dim=-1)
+    global_bias = None if token_mask is None else additive_mask(token_mask[:, None, None, :], query.dtype)
+    middle_bias = middle_block_bias(layout, token_mask, query.dtype)
+    operands = (query, key_value, layout.head_key_blocks, global_bias, middle_bias)
     probs = None
     if need_weights:
-        probs = dense_block_sparse_probs(global_probs, middle_probs, layout, block_size, query.shape[2])
+        context, probs = block_sparse_context_and_probs(*operands, layout)
+    elif torch.is_grad_enabled() and (query.requires_grad or key_value.requires_grad):
+        context = BlockSparseAttentionFunction.apply(*operands)
+    else:
+        context = block_sparse_context(*operands)
     if token_mask is not None:
         # Padded queries get a zero context, as in the original.
         query_mask = token_mask[:, None, :, None]
@@ -168,65 +181,239 @@ def block_sparse_attention(query, key, value, layout: BlockSparseLayout, token_m
     return context, probs
 
 
-def attend_global_blocks(query, key, value, token_mask, block_size, need_weights):
+def block_sparse_context(query, key_value, head_key_blocks, global_bias, middle_bias):
+    """The attention output [batch, heads, seq, head_dim]: one SDPA call for the two global query blocks, one per
+    tile of the others, joined by one concatenation per group of inputs."""
+    global_context, _ = attend_global_blocks(query, key_value, global_bias, block_size_of(query, head_key_blocks))
+    tiles = middle_tiles(key_value, head_key_blocks)
+    pieces = [attend(*operands)[0].flatten(1, 2)
+              for operands in middle_tile_operands(query, key_value, head_key_blocks, middle_bias, tiles)]
+    return join_tiles(pieces, tiles, query.shape[1], global_context.chunk(2, dim=2))
+
+
+def block_sparse_context_and_probs(query, key_value, head_key_blocks, global_bias, middle_bias, layout):
+    """`block_sparse_context` and the probabilities as a dense [batch, heads, seq, seq] matrix (only for
+    output_attentions; plain autograd differentiates it, so every tile gets its own gathered blocks)."""
+    block_size, heads = layout.block_size, query.shape[1]
+    global_context, global_probs = attend_global_blocks(query, key_value, global_bias, block_size, need_weights=True)
+    tiles = middle_tiles(key_value, head_key_blocks)
+    operands = middle_tile_operands(query, key_value, head_key_blocks, middle_bias, tiles,
+                                    TileScratch(query, reuse=False))
+    pieces, tile_probs = zip(*(attend(*tile_operands, need_weights=True) for tile_operands in operands))
+    context = join_tiles([piece.flatten(1, 2) for piece in pieces], tiles, heads, global_context.chunk(2, dim=2))
+    middle_probs = join_tiles(tile_probs, tiles, heads)  # [batch, heads, rows, block_size, keys]
+    return context, dense_block_sparse_probs(global_probs, middle_probs, layout, block_size, query.shape[2])
+
+
+def block_size_of(query, head_key_blocks) -> int:
+    return query.shape[2] // (head_key_blocks.shape[1] + 2)
+
+
+def attend_global_blocks(query, key_value, bias, block_size, need_weights=False):
     """The first and the last query block see every key: [batch, heads, 2 * block_size, head_dim]."""
-    global_query = torch.cat([query[:, :, :block_size], query[:, :, -block_size:]], dim=2)
-    bias = None if token_mask is None else additive_mask(token_mask[:, None, None, :], query.dtype)
-    return attend(global_query, key, value, bias, need_weights=need_weights)
+    key, value = key_value.chunk(2, dim=-1)
+    return attend(global_rows(query, block_size), key, value, bias, need_weights=need_weights)
 
 
-def attend_middle_blocks(query, key, value, layout: BlockSparseLayout, token_mask, need_weights):
-    """Every other query block against its row of key blocks, tile by tile (see `middle_tiles`). In each SDPA
-    call the batch is (input, head) and the "heads" are the rows, so it stays 4D (the fused kernels need that).
-    Returns the context [batch, heads, rows * block_size, head_dim] and, if asked, probabilities
-    [batch, heads, rows, block_size, keys]."""
-    batch, heads, _, head_dim = query.shape
-    block_size, rows = layout.block_size, layout.num_blocks - 2
-    middle_query = query.unflatten(2, (layout.num_blocks, block_size))[:, :, 1:-1]
-    bias = middle_block_bias(layout, token_mask, query.dtype)
-    context = query.new_empty(batch, heads, rows, block_size, head_dim)
-    probs = query.new_empty(batch, heads, rows, block_size, layout.keys_per_row) if need_weights else None
-    for inputs, tile in middle_tiles(layout, key):
-        tile_bias = bias[inputs if len(bias) > 1 else slice(None), :, tile].flatten(0, 1)
-        tile_key, tile_value = gather_key_blocks((key, value), layout, inputs, tile)
-        tile_context, tile_probs = attend(middle_query[inputs, :, tile].flatten(0, 1), tile_key, tile_value,
-                                          tile_bias, need_weights=need_weights)
-        context[inputs, :, tile] = tile_context.unflatten(0, (-1, heads))
-        if need_weights:
-            probs[inputs, :, tile] = tile_probs.unflatten(0, (-1, heads))
-    return context.view(batch, heads, rows * block_size, head_dim), probs
+def global_rows(states, block_size):
+    """The first and the last block of `states` [batch, heads, seq, dim] -> [batch, heads, 2 * block_size, dim]."""
+    return torch.cat([states[:, :, :block_size], states[:, :, -block_size:]], dim=2)
+
+
+def middle_rows(states, num_blocks):
+    """states [batch, heads, seq, dim] -> the blocks of the middle query blocks, [batch, heads, rows, block, dim]."""
+    return states.unflatten(2, (num_blocks, -1))[:, :, 1:-1]
+
+
+def middle_tile_operands(query, key_value, head_key_blocks, bias, tiles, scratch=None):
+    """For each of `tiles`: (queries, keys, values, bias), queries [tile inputs * heads, rows, block_size,
+    head_dim] and keys/values [tile inputs * heads, rows, keys, head_dim] (views of one gather into `scratch`).
+    In SDPA the batch is (input, head) and the "heads" are the rows, so it stays 4D (the fused kernels need that)."""
+    scratch = TileScratch(query) if scratch is None else scratch
+    middle_query = middle_rows(query, head_key_blocks.shape[1] + 2)
+    head_dim = query.shape[-1]
+    for inputs, rows in tiles:
+        scratch.next_tile()
+        tile_key_value = gather_key_blocks(key_value, head_key_blocks, inputs, rows, scratch)
+        tile_bias = bias[inputs if len(bias) > 1 else slice(None), :, rows].flatten(0, 1)
+        yield (middle_query[inputs, :, rows].flatten(0, 1), tile_key_value[..., :head_dim],
+               tile_key_value[..., head_dim:], tile_bias)
+
+
+def join_tiles(pieces, tiles, heads, ends=None):
+    """Tile results [tile inputs * heads, tile rows, ...] -> [batch, heads, rows, ...], each input's tiles in row
+    order, between ends[0] and ends[1] ([batch, heads, ...]) if given."""
+    groups = {}
+    for (inputs, _), piece in zip(tiles, pieces):
+        groups.setdefault((inputs.start, inputs.stop), []).append(piece.unflatten(0, (-1, heads)))
+    if ends is not None:
+        groups = {key: [ends[0][slice(*key)], *parts, ends[1][slice(*key)]] for key, parts in groups.items()}
+    joined = [torch.cat(parts, dim=2) for parts in groups.values()]
+    return joined[0] if len(joined) == 1 else torch.cat(joined)
+
+
+class TileScratch:
+    """Temporaries that every tile reuses: the n-th tensor a tile takes is carved from the n-th buffer. On CPU a
+    fresh large temporary per tile costs page faults (glibc hands big freed blocks back to the kernel), which
+    took longer than the tile's matrix products. Without `reuse` (autograd saves the tiles' tensors) and under
+    torch.compile (which plans memory itself), every tensor is fresh."""
+
+    def __init__(self, like: torch.Tensor, reuse: bool = True):
+        self.like = like
+        self.reuse = reuse and not getattr(torch.compiler, "is_compiling", lambda: False)()
+        self.buffers, self.taken = [], 0
+
+    def next_tile(self):
+        self.taken = 0
+
+    def take(self, *shape) -> torch.Tensor | None:
+        """A contiguous tensor of `shape` for an operation's `out` (values undefined), or None: let it allocate
+        (autograd does not record operations with `out`)."""
+        if not self.reuse:
+            return None
+        size = math.prod(shape)
+        if self.taken == len(self.buffers):
+            self.buffers.append(self.like.new_empty(size))
+        elif self.buffers[self.taken].numel() < size:
+            self.buffers[self.taken] = self.like.new_empty(size)
+        self.taken += 1
+        return self.buffers[self.taken - 1][:size].view(shape)
+
+    def empty(self, *shape) -> torch.Tensor:
+        """As `take`, but always a tensor."""
+        buffer = self.take(*shape)
+        return self.like.new_empty(shape) if buffer is None else buffer
 
 
 # On CPU the gathered key/value blocks are attended tile by tile while they are still in cache: gathering all of
 # them first (130 MB per layer at 8192 tokens) and reading them back takes longer than the attention itself.
 CPU_TILE_BYTES = 4 * 2**20
+# With several threads every operation of a tile is a parallel region that needs all its threads: when other
+# processes share the cores, each region waits for a descheduled thread (milliseconds), so there are at most
+# this many tiles per input (4096 tokens, d_model 512: 8 tiles of 16 MB instead of 31 of 4 MB).
+CPU_MAX_TILES = 8
 
 
-def middle_tiles(layout: BlockSparseLayout, key: torch.Tensor) -> list[tuple[slice, slice]]:
-    """(inputs, rows) ranges to attend at once: everything on accelerators (one launch); on CPU, pieces whose
-    gathered keys and values take about CPU_TILE_BYTES."""
-    batch, heads, _, head_dim = key.shape
-    rows = layout.num_blocks - 2
-    if key.device.type != "cpu":
+def middle_tiles(key_value, head_key_blocks) -> list[tuple[slice, slice]]:
+    """(inputs, rows) ranges of middle query blocks to attend at once: everything on accelerators (one launch); on
+    CPU, pieces whose gathered keys and values (key_value: [batch, heads, seq, 2 * head_dim]) take about
+    CPU_TILE_BYTES, or larger ones so that an input has at most CPU_MAX_TILES when several threads run."""
+    batch, heads, seq, width = key_value.shape
+    rows, slots = head_key_blocks.shape[1:]
+    if key_value.device.type != "cpu":
         return [(slice(0, batch), slice(0, rows))]
-    row_bytes = 2 * heads * layout.keys_per_row * head_dim * key.element_size()  # gathered keys and values
+    row_bytes = heads * slots * (seq // (rows + 2)) * width * key_value.element_size()
     rows_per_tile = max(1, CPU_TILE_BYTES // row_bytes)
+    if torch.get_num_threads() > 1:
+        rows_per_tile = max(rows_per_tile, -(-rows // CPU_MAX_TILES))
     if rows_per_tile >= rows:  # short inputs: whole inputs per tile
         step = rows_per_tile // rows
-        return [(slice(first, first + step), slice(0, rows)) for first in range(0, batch, step)]
-    return [(slice(index, index + 1), slice(first, first + rows_per_tile))
+        return [(slice(first, min(first + step, batch)), slice(0, rows)) for first in range(0, batch, step)]
+    return [(slice(index, index + 1), slice(first, min(first + rows_per_tile, rows)))
             for index in range(batch) for first in range(0, rows, rows_per_tile)]
 
 
-def gather_key_blocks(states, layout: BlockSparseLayout, inputs: slice, tile: slice) -> list[torch.Tensor]:
-    """Each of `states` [batch, heads, seq, head_dim] (contiguous) -> [tile inputs * heads, tile rows, keys,
-    head_dim]: each row's key blocks laid end to end, by one index_select over the blocks of every (input, head)."""
-    batch, heads, _, head_dim = states[0].shape
-    first_blocks = torch.arange(batch, device=states[0].device)[inputs] * (heads * layout.num_blocks)
-    index = first_blocks[:, None, None, None] + layout.head_key_blocks[:, tile]
-    shape = (-1, index.shape[2], layout.keys_per_row, head_dim)
-    index = index.flatten()
-    return [part.view(batch * heads * layout.num_blocks, -1).index_select(0, index).view(shape) for part in states]
+def gather_key_blocks(states, head_key_blocks, inputs: slice, rows: slice, scratch: TileScratch) -> torch.Tensor:
+    """states [batch, heads, seq, dim] (contiguous) -> [tile inputs * heads, tile rows, keys, dim]: each row's key
+    blocks laid end to end, by one index_select over the blocks of every (input, head)."""
+    batch, heads, seq, dim = states.shape
+    num_blocks, slots = head_key_blocks.shape[1] + 2, head_key_blocks.shape[2]
+    first_blocks = torch.arange(batch, device=states.device)[inputs] * (heads * num_blocks)
+    index = (first_blocks[:, None, None, None] + head_key_blocks[:, rows]).flatten()
+    blocks = states.view(batch * heads * num_blocks, -1)
+    gathered = torch.index_select(blocks, 0, index, out=scratch.take(len(index), blocks.shape[1]))
+    return gathered.view(-1, rows.stop - rows.start, slots * (seq // num_blocks), dim)
+
+
+class BlockSparseAttentionFunction(torch.autograd.Function):
+    """`block_sparse_context` for training. The forward keeps its inputs and output; the backward recomputes each
+    tile's probabilities while its gathered blocks are in cache and adds their gradients straight to the key and
+    value blocks they came from (`add_key_block_gradients`): no gathered blocks are stored, and no gradient of
+    the full key/value size is made per tile."""
+
+    @staticmethod
+    def forward(ctx, query, key_value, head_key_blocks, global_bias, middle_bias):
+        context = block_sparse_context(query, key_value, head_key_blocks, global_bias, middle_bias)
+        ctx.save_for_backward(query, key_value, context, head_key_blocks, global_bias, middle_bias)
+        return context
+
+    @staticmethod
+    def backward(ctx, grad_context):
+        grad_query, grad_key_value = block_sparse_gradients(grad_context.contiguous(), *ctx.saved_tensors)
+        return grad_query, grad_key_value, None, None, None
+
+
+def block_sparse_gradients(grad_context, query, key_value, context, head_key_blocks, global_bias, middle_bias):
+    """Gradients of `block_sparse_context` with respect to query and key_value."""
+    heads = query.shape[1]
+    block_size, num_blocks = block_size_of(query, head_key_blocks), head_key_blocks.shape[1] + 2
+    # sum(grad_context * context) over head_dim: the softmax backward's row term, for all queries at once.
+    grad_dot_context = (grad_context * context).sum(-1, keepdim=True)
+    global_grads = attention_gradients(global_rows(query, block_size), *key_value.chunk(2, dim=-1), global_bias,
+                                       global_rows(grad_context, block_size), global_rows(grad_dot_context, block_size))
+    grad_query, grad_key_value = torch.empty_like(query), global_grads[1]  # the middle tiles add theirs to it
+    grad_query[:, :, :block_size], grad_query[:, :, -block_size:] = global_grads[0].chunk(2, dim=2)
+    grad_blocks = grad_key_value.unflatten(2, (num_blocks, block_size))
+    middle_grad_query, middle_grad_context, middle_grad_dot = (
+        middle_rows(states, num_blocks) for states in (grad_query, grad_context, grad_dot_context))
+    tiles, scratch = middle_tiles(key_value, head_key_blocks), TileScratch(query)
+    operands = middle_tile_operands(query, key_value, head_key_blocks, middle_bias, tiles, scratch)
+    for (inputs, rows), tile_operands in zip(tiles, operands):
+        tile_grad_query, tile_grad_key_value = attention_gradients(
+            *tile_operands, middle_grad_context[inputs, :, rows].flatten(0, 1),
+            middle_grad_dot[inputs, :, rows].flatten(0, 1), scratch)
+        middle_grad_query[inputs, :, rows] = tile_grad_query.unflatten(0, (-1, heads))
+        add_key_block_gradients(grad_blocks[inputs], tile_grad_key_value, head_key_blocks[:, rows], rows.start,
+                                scratch)
+    return grad_query, grad_key_value
+
+
+def attention_gradients(query, key, value, bias, grad_context, grad_dot_context, scratch=None):
+    """Gradients of softmax(query key^T / sqrt(head_dim) + bias) value with respect to query and to key and value
+    (side by side in one tensor), from probabilities recomputed here. grad_dot_context: sum(grad_context *
+    context, -1). Temporaries come from `scratch`."""
+    *batch, queries, head_dim = query.shape
+    keys, scale = key.shape[-2], head_dim ** -0.5
+    scratch = TileScratch(query, reuse=False) if scratch is None else scratch
+    scaled_query = torch.mul(query, scale, out=scratch.take(*batch, queries, head_dim))
+    probs = torch.matmul(scaled_query, key.transpose(-1, -2), out=scratch.take(*batch, queries, keys))
+    if bias is not None:
+        probs += bias
+    softmax_(probs)
+    grad_key_value = scratch.empty(*batch, keys, 2 * head_dim)
+    torch.matmul(probs.transpose(-1, -2), grad_context, out=grad_key_value[..., head_dim:])
+    grad_scores = torch.matmul(grad_context, value.transpose(-1, -2), out=scratch.take(*batch, queries, keys))
+    grad_scores.sub_(grad_dot_context).mul_(probs)  # softmax backward
+    torch.matmul(grad_scores.transpose(-1, -2), scaled_query, out=grad_key_value[..., :head_dim])
+    grad_query = torch.matmul(grad_scores, key, out=scratch.take(*batch, queries, head_dim))
+    return grad_query.mul_(scale), grad_key_value
+
+
+def softmax_(scores):
+    """Softmax over the last dim, in place (no temporary of the scores' size; in float32 for half precision)."""
+    if scores.dtype in (torch.float32, torch.float64):
+        scores.sub_(scores.amax(-1, keepdim=True)).exp_()
+        return scores.div_(scores.sum(-1, keepdim=True))
+    return scores.copy_(torch.softmax(scores, dim=-1, dtype=torch.float32))
+
+
+def add_key_block_gradients(grad_blocks, tile_grads, tile_key_blocks, first_row: int, scratch):
+    """Adds the gradients of a tile's gathered key/value blocks, tile_grads [tile inputs * heads, rows, keys, dim],
+    to the blocks they were gathered from, grad_blocks [tile inputs, heads, num_blocks, block_size, dim]. Window
+    slots of consecutive rows are consecutive blocks (three shifted adds), global slots the same two blocks
+    (sums over rows); only the random slots need an indexed add."""
+    inputs, heads, num_blocks, block_size, dim = grad_blocks.shape
+    grads = tile_grads.view(inputs, heads, tile_grads.shape[1], -1, block_size, dim)
+    rows = grads.shape[2]
+    for slot in range(WINDOW_SLOTS):  # query block first_row + 1 + i sees key blocks first_row + i + (0, 1, 2)
+        grad_blocks[:, :, first_row + slot:first_row + slot + rows] += grads[:, :, :, slot]
+    grad_blocks[:, :, 0] += grads[:, :, :, FIRST_GLOBAL_SLOT].sum(2)
+    grad_blocks[:, :, -1] += grads[:, :, :, LAST_GLOBAL_SLOT].sum(2)
+    first_blocks = torch.arange(inputs, device=grad_blocks.device) * (heads * num_blocks)
+    random_blocks = (first_blocks[:, None, None, None] + tile_key_blocks[:, :, FIXED_SLOTS:]).flatten()
+    random_grads = grads[:, :, :, FIXED_SLOTS:]
+    random_grads = scratch.empty(*random_grads.shape).copy_(random_grads)
+    grad_blocks.view(-1, block_size * dim).index_add_(0, random_blocks, random_grads.view(-1, block_size * dim))
 
 
 def middle_block_bias(layout: BlockSparseLayout, token_mask, dtype) -> torch.Tensor:
