@@ -26,14 +26,7 @@ from transformers.modeling_outputs import (
 )
 from transformers.utils import logging
 
-from .block_sparse_layout import (
-    FIRST_GLOBAL_SLOT,
-    FIXED_SLOTS,
-    LAST_GLOBAL_SLOT,
-    WINDOW_SLOTS,
-    BlockSparseLayout,
-    block_sparse_layout,
-)
+from .block_sparse_layout import WINDOW_SLOTS, BlockSparseLayout, block_sparse_layout
 from .configuration_bigbird_pegasus import BigBirdPegasusConfig
 
 logger = logging.get_logger(__name__)
@@ -294,18 +287,19 @@ CPU_TILE_BYTES = 4 * 2**20
 CPU_MAX_TILES = 8
 
 
-def middle_tiles(key_value, head_key_blocks) -> list[tuple[slice, slice]]:
+def middle_tiles(key_value, head_key_blocks, max_tiles=CPU_MAX_TILES) -> list[tuple[slice, slice]]:
     """(inputs, rows) ranges of middle query blocks to attend at once: everything on accelerators (one launch); on
     CPU, pieces whose gathered keys and values (key_value: [batch, heads, seq, 2 * head_dim]) take about
-    CPU_TILE_BYTES, or larger ones so that an input has at most CPU_MAX_TILES when several threads run."""
+    CPU_TILE_BYTES, or larger ones so that an input has at most `max_tiles` (if not None) when several threads
+    run."""
     batch, heads, seq, width = key_value.shape
     rows, slots = head_key_blocks.shape[1:]
     if key_value.device.type != "cpu":
         return [(slice(0, batch), slice(0, rows))]
     row_bytes = heads * slots * (seq // (rows + 2)) * width * key_value.element_size()
     rows_per_tile = max(1, CPU_TILE_BYTES // row_bytes)
-    if torch.get_num_threads() > 1:
-        rows_per_tile = max(rows_per_tile, -(-rows // CPU_MAX_TILES))
+    if max_tiles is not None and torch.get_num_threads() > 1:
+        rows_per_tile = max(rows_per_tile, -(-rows // max_tiles))
     if rows_per_tile >= rows:  # short inputs: whole inputs per tile
         step = rows_per_tile // rows
         return [(slice(first, min(first + step, batch)), slice(0, rows)) for first in range(0, batch, step)]
@@ -345,19 +339,28 @@ class BlockSparseAttentionFunction(torch.autograd.Function):
 
 def block_sparse_gradients(grad_context, query, key_value, context, head_key_blocks, global_bias, middle_bias):
     """Gradients of `block_sparse_context` with respect to query and key_value."""
-    heads = query.shape[1]
+    heads, scale = query.shape[1], query.shape[-1] ** -0.5
     block_size, num_blocks = block_size_of(query, head_key_blocks), head_key_blocks.shape[1] + 2
     # sum(grad_context * context) over head_dim: the softmax backward's row term, for all queries at once.
     grad_dot_context = (grad_context * context).sum(-1, keepdim=True)
-    global_grads = attention_gradients(global_rows(query, block_size), *key_value.chunk(2, dim=-1), global_bias,
-                                       global_rows(grad_context, block_size), global_rows(grad_dot_context, block_size))
-    grad_query, grad_key_value = torch.empty_like(query), global_grads[1]  # the middle tiles add theirs to it
-    grad_query[:, :, :block_size], grad_query[:, :, -block_size:] = global_grads[0].chunk(2, dim=2)
-    grad_blocks = grad_key_value.unflatten(2, (num_blocks, block_size))
+    scaled_query = query * scale
+    grad_query, grad_key_value = torch.empty_like(query), torch.empty_like(key_value)
+    key, value, scratch = *key_value.chunk(2, dim=-1), TileScratch(query)
+    for head in range(heads):  # one head at a time: the global query blocks' scores span every key
+        scratch.next_tile()
+        head_query, head_grad_context, head_grad_dot = (
+            global_rows(states[:, head:head + 1], block_size)
+            for states in (scaled_query, grad_context, grad_dot_context))
+        global_grad_query, grad_key_value[:, head:head + 1] = attention_gradients(
+            head_query, key[:, head:head + 1], value[:, head:head + 1], global_bias, head_grad_context,
+            head_grad_dot, scratch)
+        grad_query[:, head, :block_size], grad_query[:, head, -block_size:] = global_grad_query[:, 0].chunk(2, 1)
+    grad_blocks = grad_key_value.unflatten(2, (num_blocks, block_size))  # the middle tiles add theirs to it
     middle_grad_query, middle_grad_context, middle_grad_dot = (
         middle_rows(states, num_blocks) for states in (grad_query, grad_context, grad_dot_context))
-    tiles, scratch = middle_tiles(key_value, head_key_blocks), TileScratch(query)
-    operands = middle_tile_operands(query, key_value, head_key_blocks, middle_bias, tiles, scratch)
+    # Cache-sized tiles whatever the threads: the scratch grows with the tile, and training memory counts more.
+    tiles = middle_tiles(key_value, head_key_blocks, max_tiles=None)
+    operands = middle_tile_operands(scaled_query, key_value, head_key_blocks, middle_bias, tiles, scratch)
     for (inputs, rows), tile_operands in zip(tiles, operands):
         tile_grad_query, tile_grad_key_value = attention_gradients(
             *tile_operands, middle_grad_context[inputs, :, rows].flatten(0, 1),
@@ -365,17 +368,16 @@ def block_sparse_gradients(grad_context, query, key_value, context, head_key_blo
         middle_grad_query[inputs, :, rows] = tile_grad_query.unflatten(0, (-1, heads))
         add_key_block_gradients(grad_blocks[inputs], tile_grad_key_value, head_key_blocks[:, rows], rows.start,
                                 scratch)
-    return grad_query, grad_key_value
+    return grad_query.mul_(scale), grad_key_value
 
 
-def attention_gradients(query, key, value, bias, grad_context, grad_dot_context, scratch=None):
-    """Gradients of softmax(query key^T / sqrt(head_dim) + bias) value with respect to query and to key and value
+def attention_gradients(scaled_query, key, value, bias, grad_context, grad_dot_context, scratch=None):
+    """Gradients of softmax(scaled_query key^T + bias) value with respect to scaled_query and to key and value
     (side by side in one tensor), from probabilities recomputed here. grad_dot_context: sum(grad_context *
     context, -1). Temporaries come from `scratch`."""
-    *batch, queries, head_dim = query.shape
-    keys, scale = key.shape[-2], head_dim ** -0.5
-    scratch = TileScratch(query, reuse=False) if scratch is None else scratch
-    scaled_query = torch.mul(query, scale, out=scratch.take(*batch, queries, head_dim))
+    *batch, queries, head_dim = scaled_query.shape
+    keys = key.shape[-2]
+    scratch = TileScratch(scaled_query, reuse=False) if scratch is None else scratch
     probs = torch.matmul(scaled_query, key.transpose(-1, -2), out=scratch.take(*batch, queries, keys))
     if bias is not None:
         probs += bias
@@ -386,7 +388,7 @@ def attention_gradients(query, key, value, bias, grad_context, grad_dot_context,
     grad_scores.sub_(grad_dot_context).mul_(probs)  # softmax backward
     torch.matmul(grad_scores.transpose(-1, -2), scaled_query, out=grad_key_value[..., :head_dim])
     grad_query = torch.matmul(grad_scores, key, out=scratch.take(*batch, queries, head_dim))
-    return grad_query.mul_(scale), grad_key_value
+    return grad_query, grad_key_value
 
 
 def softmax_(scores):
@@ -400,20 +402,18 @@ def softmax_(scores):
 def add_key_block_gradients(grad_blocks, tile_grads, tile_key_blocks, first_row: int, scratch):
     """Adds the gradients of a tile's gathered key/value blocks, tile_grads [tile inputs * heads, rows, keys, dim],
     to the blocks they were gathered from, grad_blocks [tile inputs, heads, num_blocks, block_size, dim]. Window
-    slots of consecutive rows are consecutive blocks (three shifted adds), global slots the same two blocks
-    (sums over rows); only the random slots need an indexed add."""
+    slots of consecutive rows are consecutive blocks: three shifted adds; the global and random slots are added by
+    index."""
     inputs, heads, num_blocks, block_size, dim = grad_blocks.shape
     grads = tile_grads.view(inputs, heads, tile_grads.shape[1], -1, block_size, dim)
     rows = grads.shape[2]
     for slot in range(WINDOW_SLOTS):  # query block first_row + 1 + i sees key blocks first_row + i + (0, 1, 2)
         grad_blocks[:, :, first_row + slot:first_row + slot + rows] += grads[:, :, :, slot]
-    grad_blocks[:, :, 0] += grads[:, :, :, FIRST_GLOBAL_SLOT].sum(2)
-    grad_blocks[:, :, -1] += grads[:, :, :, LAST_GLOBAL_SLOT].sum(2)
     first_blocks = torch.arange(inputs, device=grad_blocks.device) * (heads * num_blocks)
-    random_blocks = (first_blocks[:, None, None, None] + tile_key_blocks[:, :, FIXED_SLOTS:]).flatten()
-    random_grads = grads[:, :, :, FIXED_SLOTS:]
-    random_grads = scratch.empty(*random_grads.shape).copy_(random_grads)
-    grad_blocks.view(-1, block_size * dim).index_add_(0, random_blocks, random_grads.view(-1, block_size * dim))
+    other_blocks = (first_blocks[:, None, None, None] + tile_key_blocks[:, :, WINDOW_SLOTS:]).flatten()
+    other_grads = grads[:, :, :, WINDOW_SLOTS:]
+    other_grads = scratch.empty(*other_grads.shape).copy_(other_grads)  # index_add_ is slow on strided sources
+    grad_blocks.view(-1, block_size * dim).index_add_(0, other_blocks, other_grads.view(-1, block_size * dim))
 
 
 def middle_block_bias(layout: BlockSparseLayout, token_mask, dtype) -> torch.Tensor:
