@@ -155,6 +155,11 @@ def peak_memory_in_subprocess(args, variant, length, batch) -> float:
                "--batch", str(batch), "--device", args.device, "--dtype", args.dtype,
                "--vocab-size", str(args.vocab_size), "--generate-length", str(args.generate_length)]
     command += ["--threads", str(args.threads)] if args.threads else []
+    return run_memory_probe(command)
+
+
+def run_memory_probe(command) -> float:
+    """Runs a memory probe in a fresh process; its last output line is {"peak_mib": ...}. NaN if it fails."""
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         print(result.stderr[-2000:], file=sys.stderr)

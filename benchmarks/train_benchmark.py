@@ -17,14 +17,13 @@ import gc
 import json
 import os
 import statistics
-import subprocess
 import sys
 
 import torch
 import transformers
 
 from benchmark import builtin_config, cell, machine_line, markdown_rows, peak_memory_tracker, ratio, \
-    skip_attention_core, synchronize, target_table, timed
+    run_memory_probe, skip_attention_core, synchronize, target_table, timed
 
 from bigbird_pegasus_hub.plugin import modeling_bigbird_pegasus as ours
 from bigbird_pegasus_hub.plugin.configuration_bigbird_pegasus import BigBirdPegasusConfig
@@ -106,11 +105,7 @@ def peak_memory_in_subprocess(args, variant, length) -> float:
                "--vocab-size", str(args.vocab_size)]
     command += ["--threads", str(args.threads)] if args.threads else []
     command += ["--gradient-checkpointing"] if args.gradient_checkpointing else []
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        print(result.stderr[-2000:], file=sys.stderr)
-        return float("nan")
-    return json.loads(result.stdout.strip().splitlines()[-1])["peak_mib"]
+    return run_memory_probe(command)
 
 
 def memory_probe(args):

@@ -26,7 +26,7 @@ from transformers.modeling_outputs import (
 )
 from transformers.utils import logging
 
-from .block_sparse_layout import WINDOW_SLOTS, BlockSparseLayout, block_sparse_layout
+from .block_sparse_layout import BlockSparseLayout, block_sparse_layout
 from .configuration_bigbird_pegasus import BigBirdPegasusConfig
 
 logger = logging.get_logger(__name__)
@@ -287,36 +287,54 @@ CPU_TILE_BYTES = 4 * 2**20
 CPU_MAX_TILES = 8
 
 
-def middle_tiles(key_value, head_key_blocks, max_tiles=CPU_MAX_TILES) -> list[tuple[slice, slice]]:
-    """(inputs, rows) ranges of middle query blocks to attend at once: everything on accelerators (one launch); on
-    CPU, pieces whose gathered keys and values (key_value: [batch, heads, seq, 2 * head_dim]) take about
-    CPU_TILE_BYTES, or larger ones so that an input has at most `max_tiles` (if not None) when several threads
-    run."""
+def cpu_ranges(count: int, item_bytes: int, device) -> list[slice]:
+    """Ranges of `count` items to process at once: all of them off CPU (one launch); on CPU about CPU_TILE_BYTES
+    of items each, but at most CPU_MAX_TILES ranges when several threads run."""
+    per_range = count
+    if device.type == "cpu":
+        per_range = max(1, CPU_TILE_BYTES // item_bytes)
+        if torch.get_num_threads() > 1:
+            per_range = max(per_range, -(-count // CPU_MAX_TILES))
+    return [slice(first, min(first + per_range, count)) for first in range(0, count, per_range)]
+
+
+def middle_tiles(key_value, head_key_blocks) -> list[tuple[slice, slice]]:
+    """(inputs, rows) ranges of middle query blocks to attend at once (see `cpu_ranges`), sized by their gathered
+    keys and values (key_value: [batch, heads, seq, 2 * head_dim]): row ranges of one input, or whole inputs."""
     batch, heads, seq, width = key_value.shape
     rows, slots = head_key_blocks.shape[1:]
-    if key_value.device.type != "cpu":
-        return [(slice(0, batch), slice(0, rows))]
     row_bytes = heads * slots * (seq // (rows + 2)) * width * key_value.element_size()
-    rows_per_tile = max(1, CPU_TILE_BYTES // row_bytes)
-    if max_tiles is not None and torch.get_num_threads() > 1:
-        rows_per_tile = max(rows_per_tile, -(-rows // max_tiles))
-    if rows_per_tile >= rows:  # short inputs: whole inputs per tile
-        step = rows_per_tile // rows
-        return [(slice(first, min(first + step, batch)), slice(0, rows)) for first in range(0, batch, step)]
-    return [(slice(index, index + 1), slice(first, min(first + rows_per_tile, rows)))
-            for index in range(batch) for first in range(0, rows, rows_per_tile)]
+    row_ranges = cpu_ranges(rows, row_bytes, key_value.device)
+    if len(row_ranges) > 1:
+        return [(slice(index, index + 1), row_range) for index in range(batch) for row_range in row_ranges]
+    return [(inputs, row_ranges[0]) for inputs in cpu_ranges(batch, rows * row_bytes, key_value.device)]
 
 
 def gather_key_blocks(states, head_key_blocks, inputs: slice, rows: slice, scratch: TileScratch) -> torch.Tensor:
     """states [batch, heads, seq, dim] (contiguous) -> [tile inputs * heads, tile rows, keys, dim]: each row's key
     blocks laid end to end, by one index_select over the blocks of every (input, head)."""
-    batch, heads, seq, dim = states.shape
-    num_blocks, slots = head_key_blocks.shape[1] + 2, head_key_blocks.shape[2]
-    first_blocks = torch.arange(batch, device=states.device)[inputs] * (heads * num_blocks)
-    index = (first_blocks[:, None, None, None] + head_key_blocks[:, rows]).flatten()
-    blocks = states.view(batch * heads * num_blocks, -1)
+    blocks, index = key_block_index(states, head_key_blocks, inputs, rows)
     gathered = torch.index_select(blocks, 0, index, out=scratch.take(len(index), blocks.shape[1]))
-    return gathered.view(-1, rows.stop - rows.start, slots * (seq // num_blocks), dim)
+    return gathered.view(-1, rows.stop - rows.start, head_key_blocks.shape[2] * blocks.shape[1] // states.shape[-1],
+                         states.shape[-1])
+
+
+def add_key_block_gradients(grad_states, tile_grads, head_key_blocks, inputs: slice, rows: slice):
+    """The adjoint of `gather_key_blocks`: adds tile_grads [tile inputs * heads, tile rows, keys, dim] to the
+    blocks of grad_states [batch, heads, seq, dim] they were gathered from, by one index_add_ (a block that several
+    rows see, or one row twice, gets all their gradients)."""
+    blocks, index = key_block_index(grad_states, head_key_blocks, inputs, rows)
+    blocks.index_add_(0, index, tile_grads.reshape(len(index), -1))
+
+
+def key_block_index(states, head_key_blocks, inputs: slice, rows: slice):
+    """states [batch, heads, seq, dim] as one row per block, and the block of every (input, head, row, slot) of
+    the tile, flattened."""
+    batch, heads, seq, dim = states.shape
+    num_blocks = head_key_blocks.shape[1] + 2
+    first_blocks = torch.arange(batch, device=states.device)[inputs] * (heads * num_blocks)
+    index = first_blocks[:, None, None, None] + head_key_blocks[:, rows]
+    return states.view(batch * heads * num_blocks, -1), index.flatten()
 
 
 class BlockSparseAttentionFunction(torch.autograd.Function):
@@ -346,28 +364,26 @@ def block_sparse_gradients(grad_context, query, key_value, context, head_key_blo
     scaled_query = query * scale
     grad_query, grad_key_value = torch.empty_like(query), torch.empty_like(key_value)
     key, value, scratch = *key_value.chunk(2, dim=-1), TileScratch(query)
-    for head in range(heads):  # one head at a time: the global query blocks' scores span every key
+    # The global query blocks see every key: a few heads at a time keep their scores small.
+    score_bytes = query.shape[0] * 2 * block_size * key.shape[2] * query.element_size()
+    for chunk in cpu_ranges(heads, score_bytes, query.device):
         scratch.next_tile()
-        head_query, head_grad_context, head_grad_dot = (
-            global_rows(states[:, head:head + 1], block_size)
-            for states in (scaled_query, grad_context, grad_dot_context))
-        global_grad_query, grad_key_value[:, head:head + 1] = attention_gradients(
-            head_query, key[:, head:head + 1], value[:, head:head + 1], global_bias, head_grad_context,
-            head_grad_dot, scratch)
-        grad_query[:, head, :block_size], grad_query[:, head, -block_size:] = global_grad_query[:, 0].chunk(2, 1)
-    grad_blocks = grad_key_value.unflatten(2, (num_blocks, block_size))  # the middle tiles add theirs to it
+        chunk_query, chunk_grad_context, chunk_grad_dot = (
+            global_rows(states[:, chunk], block_size) for states in (scaled_query, grad_context, grad_dot_context))
+        global_grad_query, grad_key_value[:, chunk] = attention_gradients(
+            chunk_query, key[:, chunk], value[:, chunk], global_bias, chunk_grad_context, chunk_grad_dot, scratch)
+        grad_query[:, chunk, :block_size], grad_query[:, chunk, -block_size:] = global_grad_query.chunk(2, dim=2)
+    # The middle query blocks, tile by tile; their key/value gradients are added to the global blocks' ones.
     middle_grad_query, middle_grad_context, middle_grad_dot = (
         middle_rows(states, num_blocks) for states in (grad_query, grad_context, grad_dot_context))
-    # Cache-sized tiles whatever the threads: the scratch grows with the tile, and training memory counts more.
-    tiles = middle_tiles(key_value, head_key_blocks, max_tiles=None)
+    tiles = middle_tiles(key_value, head_key_blocks)
     operands = middle_tile_operands(scaled_query, key_value, head_key_blocks, middle_bias, tiles, scratch)
     for (inputs, rows), tile_operands in zip(tiles, operands):
         tile_grad_query, tile_grad_key_value = attention_gradients(
             *tile_operands, middle_grad_context[inputs, :, rows].flatten(0, 1),
             middle_grad_dot[inputs, :, rows].flatten(0, 1), scratch)
         middle_grad_query[inputs, :, rows] = tile_grad_query.unflatten(0, (-1, heads))
-        add_key_block_gradients(grad_blocks[inputs], tile_grad_key_value, head_key_blocks[:, rows], rows.start,
-                                scratch)
+        add_key_block_gradients(grad_key_value, tile_grad_key_value, head_key_blocks, inputs, rows)
     return grad_query.mul_(scale), grad_key_value
 
 
@@ -378,42 +394,17 @@ def attention_gradients(scaled_query, key, value, bias, grad_context, grad_dot_c
     *batch, queries, head_dim = scaled_query.shape
     keys = key.shape[-2]
     scratch = TileScratch(scaled_query, reuse=False) if scratch is None else scratch
-    probs = torch.matmul(scaled_query, key.transpose(-1, -2), out=scratch.take(*batch, queries, keys))
+    scores = torch.matmul(scaled_query, key.transpose(-1, -2), out=scratch.take(*batch, queries, keys))
     if bias is not None:
-        probs += bias
-    softmax_(probs)
+        scores += bias
+    probs = torch.softmax(scores, dim=-1, out=scratch.take(*batch, queries, keys))
     grad_key_value = scratch.empty(*batch, keys, 2 * head_dim)
     torch.matmul(probs.transpose(-1, -2), grad_context, out=grad_key_value[..., head_dim:])
-    grad_scores = torch.matmul(grad_context, value.transpose(-1, -2), out=scratch.take(*batch, queries, keys))
+    grad_scores = torch.matmul(grad_context, value.transpose(-1, -2), out=scores)
     grad_scores.sub_(grad_dot_context).mul_(probs)  # softmax backward
     torch.matmul(grad_scores.transpose(-1, -2), scaled_query, out=grad_key_value[..., :head_dim])
     grad_query = torch.matmul(grad_scores, key, out=scratch.take(*batch, queries, head_dim))
     return grad_query, grad_key_value
-
-
-def softmax_(scores):
-    """Softmax over the last dim, in place (no temporary of the scores' size; in float32 for half precision)."""
-    if scores.dtype in (torch.float32, torch.float64):
-        scores.sub_(scores.amax(-1, keepdim=True)).exp_()
-        return scores.div_(scores.sum(-1, keepdim=True))
-    return scores.copy_(torch.softmax(scores, dim=-1, dtype=torch.float32))
-
-
-def add_key_block_gradients(grad_blocks, tile_grads, tile_key_blocks, first_row: int, scratch):
-    """Adds the gradients of a tile's gathered key/value blocks, tile_grads [tile inputs * heads, rows, keys, dim],
-    to the blocks they were gathered from, grad_blocks [tile inputs, heads, num_blocks, block_size, dim]. Window
-    slots of consecutive rows are consecutive blocks: three shifted adds; the global and random slots are added by
-    index."""
-    inputs, heads, num_blocks, block_size, dim = grad_blocks.shape
-    grads = tile_grads.view(inputs, heads, tile_grads.shape[1], -1, block_size, dim)
-    rows = grads.shape[2]
-    for slot in range(WINDOW_SLOTS):  # query block first_row + 1 + i sees key blocks first_row + i + (0, 1, 2)
-        grad_blocks[:, :, first_row + slot:first_row + slot + rows] += grads[:, :, :, slot]
-    first_blocks = torch.arange(inputs, device=grad_blocks.device) * (heads * num_blocks)
-    other_blocks = (first_blocks[:, None, None, None] + tile_key_blocks[:, :, WINDOW_SLOTS:]).flatten()
-    other_grads = grads[:, :, :, WINDOW_SLOTS:]
-    other_grads = scratch.empty(*other_grads.shape).copy_(other_grads)  # index_add_ is slow on strided sources
-    grad_blocks.view(-1, block_size * dim).index_add_(0, other_blocks, other_grads.view(-1, block_size * dim))
 
 
 def middle_block_bias(layout: BlockSparseLayout, token_mask, dtype) -> torch.Tensor:
