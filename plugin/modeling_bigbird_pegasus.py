@@ -398,12 +398,14 @@ def attention_gradients(scaled_query, key, value, bias, grad_context, grad_dot_c
     if bias is not None:
         scores += bias
     probs = torch.softmax(scores, dim=-1, out=scratch.take(*batch, queries, keys))
-    grad_key_value = scratch.empty(*batch, keys, 2 * head_dim)
-    torch.matmul(probs.transpose(-1, -2), grad_context, out=grad_key_value[..., head_dim:])
+    grad_value = torch.matmul(probs.transpose(-1, -2), grad_context, out=scratch.take(*batch, keys, head_dim))
     grad_scores = torch.matmul(grad_context, value.transpose(-1, -2), out=scores)
     grad_scores.sub_(grad_dot_context).mul_(probs)  # softmax backward
-    torch.matmul(grad_scores.transpose(-1, -2), scaled_query, out=grad_key_value[..., :head_dim])
+    grad_key = torch.matmul(grad_scores.transpose(-1, -2), scaled_query, out=scratch.take(*batch, keys, head_dim))
     grad_query = torch.matmul(grad_scores, key, out=scratch.take(*batch, queries, head_dim))
+    # Products into contiguous results, then one concatenation: with several threads a batched product into a
+    # strided view runs one parallel region per matrix, which stalls on cores shared with other processes.
+    grad_key_value = torch.cat([grad_key, grad_value], dim=-1, out=scratch.take(*batch, keys, 2 * head_dim))
     return grad_query, grad_key_value
 
 
