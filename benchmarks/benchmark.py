@@ -17,6 +17,7 @@ and compiled). See benchmarks/README.md.
     python benchmarks/benchmark.py --variants ours padded --lengths 500 1500 3000 --no-memory --no-generate
     python benchmarks/benchmark.py --no-encoder --no-memory --compile
     python benchmarks/benchmark.py --device cuda --dtype bf16
+    python benchmarks/benchmark.py --lengths 4096 --no-generate --no-memory --threads 2 --busy 1   # shared cores
 """
 
 import argparse
@@ -124,6 +125,18 @@ def timed(function, device) -> float:
     return time.perf_counter() - start
 
 
+@contextlib.contextmanager
+def busy_processes(count: int):
+    """`count` other processes that each keep a core busy (a Python loop), as other jobs on a shared machine do."""
+    processes = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+
+
 def runnable_variants(args, length, batch) -> list[str]:
     """The variants to run at this size: the built-in model needs ~0.6 MiB per token and layer-batch here
     (10 GiB at 16384 tokens), so it is skipped above --builtin-max-tokens."""
@@ -139,7 +152,7 @@ def time_encoders(models, args, length, batch) -> dict:
         for name in runnable_variants(args, length, batch)
     }
     seconds = {name: [] for name in runs}
-    with torch.inference_mode():
+    with torch.inference_mode(), busy_processes(args.busy):
         for name, run in runs.items():  # warm-up: layouts, allocator, lazy init, compilation
             warm_up = timed(run, args.device)
             if name == "compiled":
@@ -158,6 +171,11 @@ def peak_memory_in_subprocess(args, variant, length, batch) -> float:
                "--batch", str(batch), "--device", args.device, "--dtype", args.dtype,
                "--vocab-size", str(args.vocab_size), "--generate-length", str(args.generate_length)]
     command += ["--threads", str(args.threads)] if args.threads else []
+    return run_memory_probe(command)
+
+
+def run_memory_probe(command) -> float:
+    """Runs a memory probe in a fresh process; its last output line is {"peak_mib": ...}. NaN if it fails."""
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         print(result.stderr[-2000:], file=sys.stderr)
@@ -310,9 +328,13 @@ def scaling_lines(timings, args) -> list[str]:
 # The issue's targets (batch 1): (description, measured, best possible, goal, True if measured must be >= goal).
 # "Best possible" is what an attention that costs nothing (the floor) would score: a speed-up over the built-in or
 # dense encoder of more than x/floor is out of reach for any attention.
-def target_rows(timings, memory, generation, beams) -> list[list[str]]:
+def target_rows(timings, memory, generation, beams, busy=0) -> list[list[str]]:
     at = lambda length: timings.get((length, 1), {})  # noqa: E731
     growth = ratio({8192: at(8192).get("ours"), 4096: at(4096).get("ours")}, 8192, 4096)
+    if busy:  # the quiet-machine targets do not apply; ours must keep its lead over dense attention
+        checks = [(f"4096 next to {busy} busy process(es): dense / ours", ratio(at(4096), "dense", "ours"),
+                   ratio(at(4096), "dense", "floor"), 1.0, True)]
+        return target_table(checks)
     checks = [
         ("4096: ours / floor", ratio(at(4096), "ours", "floor"), 1.0, 1.3, False),
         ("4096: built-in / ours", ratio(at(4096), "builtin", "ours"), ratio(at(4096), "builtin", "floor"), 2.5, True),
@@ -330,6 +352,10 @@ def target_rows(timings, memory, generation, beams) -> list[list[str]]:
             (f"{beam}: built-in / ours ms per step", ratio(generation[beam], "builtin", "ours"), None, 2.0, True),
             (f"ours: {beam} step / greedy step", beam_cost, None, 2.0, False),
         ]
+    return target_table(checks)
+
+
+def target_table(checks) -> list[list[str]]:
     rows = [["target", "measured", "best possible (floor)", "goal", "met"]]
     for name, value, best, goal, at_least in checks:
         met = None if value is None else (value >= goal if at_least else value <= goal)
@@ -401,6 +427,8 @@ def parse_args(argv=None):
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
+    parser.add_argument("--busy", type=int, default=0,
+                        help="run the encoder timings next to this many busy processes (cores shared with other jobs)")
     parser.add_argument("--markdown", help="also write the tables to this Markdown file")
     parser.add_argument("--memory-probe", choices=ENCODER_VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -452,14 +480,16 @@ def report(args, timings, memory, generation) -> list[str]:
              f"Model: d_model {config.d_model}, {config.encoder_attention_heads} heads, {config.encoder_layers}+"
              f"{config.decoder_layers} layers, ffn {config.encoder_ffn_dim}, block {config.block_size}, "
              f"{config.num_random_blocks} random blocks, vocab {config.vocab_size}; medians of {args.repeats} "
-             "interleaved repeats; peak memory: increase during one forward in a fresh process.", ""]
+             "interleaved repeats; peak memory: increase during one forward in a fresh process."
+             + (f" Encoder timings next to {args.busy} busy process(es)." if args.busy else ""), ""]
     if timings:
         lines += ["## Encoder forward (seconds; x/ours > 1: ours is faster; ours/floor: 1.00 is the floor)", ""]
         lines += encoder_table(timings, memory, args) + [""] + scaling_lines(timings, args) + [""]
     if generation:
         lines += [f"## Generation: {args.new_tokens} new tokens from a {args.generate_length}-token input, batch 1",
                   ""] + generation_table(generation, args) + [""]
-    lines += ["## Targets (batch 1)", ""] + markdown_rows(target_rows(timings, memory, generation, args.beams))
+    lines += ["## Targets (batch 1)", ""] + markdown_rows(target_rows(timings, memory, generation, args.beams,
+                                                                          args.busy))
     return lines + [""]
 
 

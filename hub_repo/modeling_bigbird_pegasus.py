@@ -160,16 +160,23 @@ def block_sparse_attention(query, key, value, layout: BlockSparseLayout, token_m
     two global blocks and its random blocks, gathered through `layout` and attended by batched SDPA calls.
 
     query/key/value: [batch, heads, seq, head_dim]; token_mask: [batch, seq] bool, or None without padding.
+    With gradients, `BlockSparseAttentionFunction` runs the same forward and a backward that recomputes the
+    gathered blocks instead of storing them.
     """
-    block_size = layout.block_size
-    # One head-major copy of each: the block gather needs it, and SDPA runs faster on it.
-    query, key, value = query.contiguous(), key.contiguous(), value.contiguous()
-    global_context, global_probs = attend_global_blocks(query, key, value, token_mask, block_size, need_weights)
-    middle_context, middle_probs = attend_middle_blocks(query, key, value, layout, token_mask, need_weights)
-    context = torch.cat([global_context[:, :, :block_size], middle_context, global_context[:, :, block_size:]], dim=2)
+    # One head-major copy of the queries, and one of the keys and values side by side: a single gather per tile
+    # fetches both, and SDPA reads them as strided views.
+    query, key_value = query.contiguous(), torch.cat([key, value], dim=-1)
+    global_bias = None if token_mask is None else additive_mask(token_mask[:, None, None, :], query.dtype)
+    middle_bias = middle_block_bias(layout, token_mask, query.dtype)
+    operands = (query, key_value, layout.head_key_blocks, global_bias, middle_bias)
+    compiling = torch.compiler.is_compiling()  # a graph is differentiated by its compiler: plain autograd, one tile
     probs = None
     if need_weights:
-        probs = dense_block_sparse_probs(global_probs, middle_probs, layout, block_size, query.shape[2])
+        context, probs = block_sparse_context_and_probs(*operands, layout)
+    elif torch.is_grad_enabled() and (query.requires_grad or key_value.requires_grad) and not compiling:
+        context = BlockSparseAttentionFunction.apply(*operands)
+    else:
+        context = block_sparse_context(*operands)
     if token_mask is not None:
         # Padded queries get a zero context, as in the original.
         query_mask = token_mask[:, None, :, None]
@@ -178,69 +185,250 @@ def block_sparse_attention(query, key, value, layout: BlockSparseLayout, token_m
     return context, probs
 
 
-def attend_global_blocks(query, key, value, token_mask, block_size, need_weights):
+def block_sparse_context(query, key_value, head_key_blocks, global_bias, middle_bias):
+    """The attention output [batch, heads, seq, head_dim]: one SDPA call for the two global query blocks, one per
+    tile of the others, joined by one concatenation per group of inputs."""
+    global_context, _ = attend_global_blocks(query, key_value, global_bias, block_size_of(query, head_key_blocks))
+    tiles = middle_tiles(key_value, head_key_blocks)
+    pieces = [attend(*operands)[0].flatten(1, 2)
+              for operands in middle_tile_operands(query, key_value, head_key_blocks, middle_bias, tiles)]
+    return join_tiles(pieces, tiles, query.shape[1], global_context.chunk(2, dim=2))
+
+
+def block_sparse_context_and_probs(query, key_value, head_key_blocks, global_bias, middle_bias, layout):
+    """`block_sparse_context` and the probabilities as a dense [batch, heads, seq, seq] matrix (only for
+    output_attentions; plain autograd differentiates it, so every tile gets its own gathered blocks)."""
+    block_size, heads = layout.block_size, query.shape[1]
+    global_context, global_probs = attend_global_blocks(query, key_value, global_bias, block_size, need_weights=True)
+    tiles = middle_tiles(key_value, head_key_blocks)
+    operands = middle_tile_operands(query, key_value, head_key_blocks, middle_bias, tiles,
+                                    TileScratch(query, reuse=False))
+    pieces, tile_probs = zip(*(attend(*tile_operands, need_weights=True) for tile_operands in operands))
+    context = join_tiles([piece.flatten(1, 2) for piece in pieces], tiles, heads, global_context.chunk(2, dim=2))
+    middle_probs = join_tiles(tile_probs, tiles, heads)  # [batch, heads, rows, block_size, keys]
+    return context, dense_block_sparse_probs(global_probs, middle_probs, layout, block_size, query.shape[2])
+
+
+def block_size_of(query, head_key_blocks) -> int:
+    return query.shape[2] // (head_key_blocks.shape[1] + 2)
+
+
+def attend_global_blocks(query, key_value, bias, block_size, need_weights=False):
     """The first and the last query block see every key: [batch, heads, 2 * block_size, head_dim]."""
-    global_query = torch.cat([query[:, :, :block_size], query[:, :, -block_size:]], dim=2)
-    bias = None if token_mask is None else additive_mask(token_mask[:, None, None, :], query.dtype)
-    return attend(global_query, key, value, bias, need_weights=need_weights)
+    key, value = key_value.chunk(2, dim=-1)
+    return attend(global_rows(query, block_size), key, value, bias, need_weights=need_weights)
 
 
-def attend_middle_blocks(query, key, value, layout: BlockSparseLayout, token_mask, need_weights):
-    """Every other query block against its row of key blocks, tile by tile (see `middle_tiles`). In each SDPA
-    call the batch is (input, head) and the "heads" are the rows, so it stays 4D (the fused kernels need that).
-    Returns the context [batch, heads, rows * block_size, head_dim] and, if asked, probabilities
-    [batch, heads, rows, block_size, keys]."""
-    batch, heads, _, head_dim = query.shape
-    block_size, rows = layout.block_size, layout.num_blocks - 2
-    middle_query = query.unflatten(2, (layout.num_blocks, block_size))[:, :, 1:-1]
-    bias = middle_block_bias(layout, token_mask, query.dtype)
-    context = query.new_empty(batch, heads, rows, block_size, head_dim)
-    probs = query.new_empty(batch, heads, rows, block_size, layout.keys_per_row) if need_weights else None
-    for inputs, tile in middle_tiles(layout, key):
-        tile_bias = bias[inputs if token_mask is not None else slice(None), :, tile].flatten(0, 1)
-        tile_key, tile_value = gather_key_blocks((key, value), layout, inputs, tile)
-        tile_context, tile_probs = attend(middle_query[inputs, :, tile].flatten(0, 1), tile_key, tile_value,
-                                          tile_bias, need_weights=need_weights)
-        context[inputs, :, tile] = tile_context.unflatten(0, (-1, heads))
-        if need_weights:
-            probs[inputs, :, tile] = tile_probs.unflatten(0, (-1, heads))
-    return context.view(batch, heads, rows * block_size, head_dim), probs
+def global_rows(states, block_size):
+    """The first and the last block of `states` [batch, heads, seq, dim] -> [batch, heads, 2 * block_size, dim]."""
+    return torch.cat([states[:, :, :block_size], states[:, :, -block_size:]], dim=2)
+
+
+def middle_rows(states, num_blocks):
+    """states [batch, heads, seq, dim] -> the blocks of the middle query blocks, [batch, heads, rows, block, dim]."""
+    return states.unflatten(2, (num_blocks, -1))[:, :, 1:-1]
+
+
+def middle_tile_operands(query, key_value, head_key_blocks, bias, tiles, scratch=None):
+    """For each of `tiles`: (queries, keys, values, bias), queries [tile inputs * heads, rows, block_size,
+    head_dim] and keys/values [tile inputs * heads, rows, keys, head_dim] (views of one gather into `scratch`).
+    In SDPA the batch is (input, head) and the "heads" are the rows, so it stays 4D (the fused kernels need that)."""
+    scratch = TileScratch(query) if scratch is None else scratch
+    middle_query = middle_rows(query, head_key_blocks.shape[1] + 2)
+    head_dim = query.shape[-1]
+    for inputs, rows in tiles:
+        scratch.next_tile()
+        tile_key_value = gather_key_blocks(key_value, head_key_blocks, inputs, rows, scratch)
+        # The bias has batch 1 without padding: expanded (a view), every tile indexes it alike, traced or not.
+        tile_bias = bias.expand(*query.shape[:2], *bias.shape[2:])[inputs, :, rows].flatten(0, 1)
+        yield (middle_query[inputs, :, rows].flatten(0, 1), tile_key_value[..., :head_dim],
+               tile_key_value[..., head_dim:], tile_bias)
+
+
+def join_tiles(pieces, tiles, heads, ends=None):
+    """Tile results [tile inputs * heads, tile rows, ...] -> [batch, heads, rows, ...], each input's tiles in row
+    order, between ends[0] and ends[1] ([batch, heads, ...]) if given."""
+    groups = []  # (inputs, their tiles); compared only when there are several tiles (a traced graph has one)
+    for (inputs, _), piece in zip(tiles, pieces):
+        if not groups or groups[-1][0] != inputs:
+            groups.append((inputs, []))
+        groups[-1][1].append(piece.unflatten(0, (-1, heads)))
+    if ends is not None:
+        groups = [(inputs, [ends[0][inputs], *parts, ends[1][inputs]]) for inputs, parts in groups]
+    joined = [torch.cat(parts, dim=2) for _, parts in groups]
+    return joined[0] if len(joined) == 1 else torch.cat(joined)
+
+
+class TileScratch:
+    """Temporaries that every tile reuses: the n-th tensor a tile takes is carved from the n-th buffer. On CPU a
+    fresh large temporary per tile costs page faults (glibc hands big freed blocks back to the kernel), which
+    took longer than the tile's matrix products. Without `reuse` (autograd saves the tiles' tensors) and under
+    torch.compile (which plans memory itself), every tensor is fresh."""
+
+    def __init__(self, like: torch.Tensor, reuse: bool = True):
+        self.like = like
+        self.reuse = reuse and not getattr(torch.compiler, "is_compiling", lambda: False)()
+        self.buffers, self.taken = [], 0
+
+    def next_tile(self):
+        self.taken = 0
+
+    def take(self, *shape) -> torch.Tensor | None:
+        """A contiguous tensor of `shape` for an operation's `out` (values undefined), or None: let it allocate
+        (autograd does not record operations with `out`)."""
+        if not self.reuse:
+            return None
+        size = math.prod(shape)
+        if self.taken == len(self.buffers):
+            self.buffers.append(self.like.new_empty(size))
+        elif self.buffers[self.taken].numel() < size:
+            self.buffers[self.taken] = self.like.new_empty(size)
+        self.taken += 1
+        return self.buffers[self.taken - 1][:size].view(shape)
+
+    def empty(self, *shape) -> torch.Tensor:
+        """As `take`, but always a tensor."""
+        buffer = self.take(*shape)
+        return self.like.new_empty(shape) if buffer is None else buffer
 
 
 # On CPU the gathered key/value blocks are attended tile by tile while they are still in cache: gathering all of
 # them first (130 MB per layer at 8192 tokens) and reading them back takes longer than the attention itself.
 CPU_TILE_BYTES = 4 * 2**20
+# With several threads every operation of a tile is a parallel region that needs all its threads: when other
+# processes share the cores, each region waits for a descheduled thread (milliseconds), so there are at most
+# this many tiles per input (4096 tokens, d_model 512: 8 tiles of 16 MB instead of 31 of 4 MB).
+CPU_MAX_TILES = 8
 
 
-def middle_tiles(layout: BlockSparseLayout, key: torch.Tensor) -> list[tuple[slice, slice]]:
-    """(inputs, rows) ranges to attend at once: everything on accelerators (one launch); on CPU, pieces whose
-    gathered keys and values take about CPU_TILE_BYTES."""
-    batch, heads, _, head_dim = key.shape
-    rows = layout.num_blocks - 2
-    # Compiled or exported: one tile. A graph unrolls the tiles (at 4096 tokens, d512: 31 per input and layer), and
+def cpu_ranges(count: int, item_bytes: int, device) -> list[slice]:
+    """Ranges of `count` items to process at once: all of them off CPU (one launch); on CPU about CPU_TILE_BYTES
+    of items each, but at most CPU_MAX_TILES ranges when several threads run."""
+    # Compiled or exported: one range. A graph unrolls the tiles (at 4096 tokens, d512: 31 per input and layer), and
     # Inductor then compiles for minutes; an exported graph keeps batch and length symbolic.
-    if key.device.type != "cpu" or torch.compiler.is_compiling():
-        return [(slice(0, batch), slice(0, rows))]
-    row_bytes = 2 * heads * layout.keys_per_row * head_dim * key.element_size()  # gathered keys and values
-    rows_per_tile = max(1, CPU_TILE_BYTES // row_bytes)
-    if rows_per_tile >= rows:  # short inputs: whole inputs per tile
-        step = rows_per_tile // rows
-        return [(slice(first, first + step), slice(0, rows)) for first in range(0, batch, step)]
-    return [(slice(index, index + 1), slice(first, first + rows_per_tile))
-            for index in range(batch) for first in range(0, rows, rows_per_tile)]
+    if device.type != "cpu" or torch.compiler.is_compiling():
+        return [slice(0, count)]
+    per_range = max(1, CPU_TILE_BYTES // item_bytes)
+    if torch.get_num_threads() > 1:
+        per_range = max(per_range, -(-count // CPU_MAX_TILES))
+    return [slice(first, min(first + per_range, count)) for first in range(0, count, per_range)]
 
 
-def gather_key_blocks(states, layout: BlockSparseLayout, inputs: slice, tile: slice) -> list[torch.Tensor]:
-    """Each of `states` [batch, heads, seq, head_dim] (contiguous) -> [tile inputs * heads, tile rows, keys,
-    head_dim]: each row's key blocks laid end to end, by one index_select over the blocks of every (input, head)."""
-    batch, heads, _, head_dim = states[0].shape
-    first_blocks = torch.arange(batch, device=states[0].device)[inputs] * (heads * layout.num_blocks)
-    index = first_blocks[:, None, None, None] + layout.head_key_blocks[:, tile]
-    # An embedding lookup is the same index_select, but its result keeps the index's shape: a graph traced with a
-    # symbolic length needs no view that splits one symbolic size into several (it could not prove it exact).
-    shape = (index.shape[0] * heads, index.shape[2], layout.keys_per_row, head_dim)
-    blocks = (batch * heads * layout.num_blocks, layout.block_size * head_dim)
-    return [F.embedding(index, part.view(blocks)).view(shape) for part in states]
+def middle_tiles(key_value, head_key_blocks) -> list[tuple[slice, slice]]:
+    """(inputs, rows) ranges of middle query blocks to attend at once (see `cpu_ranges`), sized by their gathered
+    keys and values (key_value: [batch, heads, seq, 2 * head_dim]): row ranges of one input, or whole inputs."""
+    batch, heads, seq, width = key_value.shape
+    rows, slots = head_key_blocks.shape[1:]
+    row_bytes = heads * slots * (seq // (rows + 2)) * width * key_value.element_size()
+    row_ranges = cpu_ranges(rows, row_bytes, key_value.device)
+    if len(row_ranges) > 1:
+        return [(slice(index, index + 1), row_range) for index in range(batch) for row_range in row_ranges]
+    return [(inputs, row_ranges[0]) for inputs in cpu_ranges(batch, rows * row_bytes, key_value.device)]
+
+
+def gather_key_blocks(states, head_key_blocks, inputs: slice, rows: slice, scratch: TileScratch) -> torch.Tensor:
+    """states [batch, heads, seq, dim] (contiguous) -> [tile inputs * heads, tile rows, keys, dim]: each row's key
+    blocks laid end to end, by one index_select over the blocks of every (input, head)."""
+    blocks, index = key_block_index(states, head_key_blocks, inputs, rows)  # index: [tile inputs, heads, rows, slots]
+    out = scratch.take(index.numel(), blocks.shape[1])
+    if out is None:
+        # An embedding lookup is the same index_select, but its result keeps the index's shape: a graph traced with
+        # a symbolic length needs no view that splits one symbolic size into several (it could not prove it exact).
+        gathered = F.embedding(index, blocks)
+    else:
+        gathered = torch.index_select(blocks, 0, index.flatten(), out=out)
+    keys = head_key_blocks.shape[2] * blocks.shape[1] // states.shape[-1]
+    return gathered.view(index.shape[0] * index.shape[1], index.shape[2], keys, states.shape[-1])
+
+
+def add_key_block_gradients(grad_states, tile_grads, head_key_blocks, inputs: slice, rows: slice):
+    """The adjoint of `gather_key_blocks`: adds tile_grads [tile inputs * heads, tile rows, keys, dim] to the
+    blocks of grad_states [batch, heads, seq, dim] they were gathered from, by one index_add_ (a block that several
+    rows see, or one row twice, gets all their gradients)."""
+    blocks, index = key_block_index(grad_states, head_key_blocks, inputs, rows)
+    blocks.index_add_(0, index.flatten(), tile_grads.reshape(index.numel(), -1))
+
+
+def key_block_index(states, head_key_blocks, inputs: slice, rows: slice):
+    """states [batch, heads, seq, dim] as one row per block, and the block of every (input, head, row, slot) of
+    the tile, [tile inputs, heads, tile rows, slots]."""
+    batch, heads, seq, dim = states.shape
+    num_blocks = head_key_blocks.shape[1] + 2
+    first_blocks = torch.arange(batch, device=states.device)[inputs] * (heads * num_blocks)
+    index = first_blocks[:, None, None, None] + head_key_blocks[:, rows]
+    return states.view(batch * heads * num_blocks, (seq // num_blocks) * dim), index
+
+
+class BlockSparseAttentionFunction(torch.autograd.Function):
+    """`block_sparse_context` for training. The forward keeps its inputs and output; the backward recomputes each
+    tile's probabilities while its gathered blocks are in cache and adds their gradients straight to the key and
+    value blocks they came from (`add_key_block_gradients`): no gathered blocks are stored, and no gradient of
+    the full key/value size is made per tile."""
+
+    @staticmethod
+    def forward(ctx, query, key_value, head_key_blocks, global_bias, middle_bias):
+        context = block_sparse_context(query, key_value, head_key_blocks, global_bias, middle_bias)
+        ctx.save_for_backward(query, key_value, context, head_key_blocks, global_bias, middle_bias)
+        return context
+
+    @staticmethod
+    def backward(ctx, grad_context):
+        grad_query, grad_key_value = block_sparse_gradients(grad_context.contiguous(), *ctx.saved_tensors)
+        return grad_query, grad_key_value, None, None, None
+
+
+def block_sparse_gradients(grad_context, query, key_value, context, head_key_blocks, global_bias, middle_bias):
+    """Gradients of `block_sparse_context` with respect to query and key_value."""
+    heads, scale = query.shape[1], query.shape[-1] ** -0.5
+    block_size, num_blocks = block_size_of(query, head_key_blocks), head_key_blocks.shape[1] + 2
+    # sum(grad_context * context) over head_dim: the softmax backward's row term, for all queries at once.
+    grad_dot_context = (grad_context * context).sum(-1, keepdim=True)
+    scaled_query = query * scale
+    grad_query, grad_key_value = torch.empty_like(query), torch.empty_like(key_value)
+    key, value, scratch = *key_value.chunk(2, dim=-1), TileScratch(query)
+    # The global query blocks see every key: a few heads at a time keep their scores small.
+    score_bytes = query.shape[0] * 2 * block_size * key.shape[2] * query.element_size()
+    for chunk in cpu_ranges(heads, score_bytes, query.device):
+        scratch.next_tile()
+        chunk_query, chunk_grad_context, chunk_grad_dot = (
+            global_rows(states[:, chunk], block_size) for states in (scaled_query, grad_context, grad_dot_context))
+        global_grad_query, grad_key_value[:, chunk] = attention_gradients(
+            chunk_query, key[:, chunk], value[:, chunk], global_bias, chunk_grad_context, chunk_grad_dot, scratch)
+        grad_query[:, chunk, :block_size], grad_query[:, chunk, -block_size:] = global_grad_query.chunk(2, dim=2)
+    # The middle query blocks, tile by tile; their key/value gradients are added to the global blocks' ones.
+    middle_grad_query, middle_grad_context, middle_grad_dot = (
+        middle_rows(states, num_blocks) for states in (grad_query, grad_context, grad_dot_context))
+    tiles = middle_tiles(key_value, head_key_blocks)
+    operands = middle_tile_operands(scaled_query, key_value, head_key_blocks, middle_bias, tiles, scratch)
+    for (inputs, rows), tile_operands in zip(tiles, operands):
+        tile_grad_query, tile_grad_key_value = attention_gradients(
+            *tile_operands, middle_grad_context[inputs, :, rows].flatten(0, 1),
+            middle_grad_dot[inputs, :, rows].flatten(0, 1), scratch)
+        middle_grad_query[inputs, :, rows] = tile_grad_query.unflatten(0, (-1, heads))
+        add_key_block_gradients(grad_key_value, tile_grad_key_value, head_key_blocks, inputs, rows)
+    return grad_query.mul_(scale), grad_key_value
+
+
+def attention_gradients(scaled_query, key, value, bias, grad_context, grad_dot_context, scratch=None):
+    """Gradients of softmax(scaled_query key^T + bias) value with respect to scaled_query and to key and value
+    (side by side in one tensor), from probabilities recomputed here. grad_dot_context: sum(grad_context *
+    context, -1). Temporaries come from `scratch`."""
+    *batch, queries, head_dim = scaled_query.shape
+    keys = key.shape[-2]
+    scratch = TileScratch(scaled_query, reuse=False) if scratch is None else scratch
+    scores = torch.matmul(scaled_query, key.transpose(-1, -2), out=scratch.take(*batch, queries, keys))
+    if bias is not None:
+        scores += bias
+    probs = torch.softmax(scores, dim=-1, out=scratch.take(*batch, queries, keys))
+    grad_value = torch.matmul(probs.transpose(-1, -2), grad_context, out=scratch.take(*batch, keys, head_dim))
+    grad_scores = torch.matmul(grad_context, value.transpose(-1, -2), out=scores)
+    grad_scores.sub_(grad_dot_context).mul_(probs)  # softmax backward
+    grad_key = torch.matmul(grad_scores.transpose(-1, -2), scaled_query, out=scratch.take(*batch, keys, head_dim))
+    grad_query = torch.matmul(grad_scores, key, out=scratch.take(*batch, queries, head_dim))
+    # Products into contiguous results, then one concatenation: with several threads a batched product into a
+    # strided view runs one parallel region per matrix, which stalls on cores shared with other processes.
+    grad_key_value = torch.cat([grad_key, grad_value], dim=-1, out=scratch.take(*batch, keys, 2 * head_dim))
+    return grad_query, grad_key_value
 
 
 def middle_block_bias(layout: BlockSparseLayout, token_mask, dtype) -> torch.Tensor:

@@ -72,17 +72,86 @@ def test_cpu_tiles_give_the_same_attention_as_one_call(monkeypatch, tile_bytes):
     hidden = torch.randn(3, 640, 32, generator=torch.Generator().manual_seed(0))
     mask = torch.ones(3, 640, dtype=torch.long)
     mask[1, -100:] = 0
-    layout = layer.self_attn.self.layout(640, hidden.device)
-    key = torch.empty(3, 4, 640, 8)
+    head_key_blocks = layer.self_attn.self.layout(640, hidden.device).head_key_blocks
+    key_value = torch.empty(3, 4, 640, 16)
     monkeypatch.setattr(ours, "CPU_TILE_BYTES", 2**40)
-    assert len(ours.middle_tiles(layout, key)) == 1
+    assert len(ours.middle_tiles(key_value, head_key_blocks)) == 1
     with torch.no_grad():
         expected = layer.self_attn(hidden, mask, use_block_sparse=True, output_attentions=True)
         monkeypatch.setattr(ours, "CPU_TILE_BYTES", tile_bytes)
-        assert len(ours.middle_tiles(layout, key)) > 1
+        assert len(ours.middle_tiles(key_value, head_key_blocks)) > 1
         actual = layer.self_attn(hidden, mask, use_block_sparse=True, output_attentions=True)
     for tiled, whole in zip(actual, expected):
         torch.testing.assert_close(tiled, whole, rtol=0, atol=1e-6)
+
+
+def block_sparse_gradients(layout, query, key, value, token_mask, need_weights=False):
+    """Gradients of a fixed function of block_sparse_attention's output with respect to query, key and value."""
+    inputs = [tensor.detach().requires_grad_() for tensor in (query, key, value)]
+    context, _ = ours.block_sparse_attention(*inputs, layout, token_mask, need_weights)
+    (context * torch.linspace(-1, 1, context.shape[-1])).sum().backward()
+    return [tensor.grad for tensor in inputs]
+
+
+@pytest.mark.parametrize("tile_bytes", [1, 200_000, 3_000_000])  # one row / several rows / several whole inputs
+def test_cpu_tiles_give_the_same_gradients_as_one_call(monkeypatch, tile_bytes):
+    # The training backward adds every tile's key/value gradients to the blocks they came from: the window and
+    # global slots by shifted adds and sums, the random ones by index. Padding and repeated blocks included.
+    layout = block_sparse_layout(1, 640, 4, 16, 2)
+    query, key, value = torch.randn(3, 3, 4, 640, 8, generator=torch.Generator().manual_seed(0))
+    token_mask = torch.ones(3, 640, dtype=torch.bool)
+    token_mask[1, -100:] = False
+    monkeypatch.setattr(ours, "CPU_TILE_BYTES", 2**40)
+    # output_attentions takes the plain autograd path through the same tiles
+    expected = block_sparse_gradients(layout, query, key, value, token_mask, need_weights=True)
+    monkeypatch.setattr(ours, "CPU_TILE_BYTES", tile_bytes)
+    assert len(ours.middle_tiles(torch.cat([key, value], -1), layout.head_key_blocks)) > 1
+    actual = block_sparse_gradients(layout, query, key, value, token_mask)
+    for tiled, whole in zip(actual, expected):
+        assert whole.abs().max() > 0.1
+        torch.testing.assert_close(tiled, whole, rtol=0, atol=1e-5)
+
+
+def test_several_threads_keep_the_tiles_per_input_few(monkeypatch):
+    # Each tile is a few parallel regions, and a region waits for all its threads: on cores shared with other
+    # processes many small tiles stall, so several threads get at most CPU_MAX_TILES tiles per input.
+    head_key_blocks = block_sparse_layout(1, 4096, 8, 64, 3).head_key_blocks
+    key_value = torch.empty(2, 8, 4096, 128)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert len(ours.middle_tiles(key_value, head_key_blocks)) > 2 * ours.CPU_MAX_TILES
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    tiles = ours.middle_tiles(key_value, head_key_blocks)
+    assert len(tiles) == 2 * ours.CPU_MAX_TILES
+    assert [rows for inputs, rows in tiles if inputs.start == 1][-1].stop == 62
+
+
+def test_torch_compile_gives_the_same_encoder_gradients():
+    sparse, _ = model_pair()
+    sparse.train()
+    input_ids, attention_mask = random_inputs(length=640)
+    gradients = []
+    for encoder in (sparse.model.encoder, torch.compile(sparse.model.encoder, backend="aot_eager")):
+        sparse.zero_grad(set_to_none=True)
+        encoder(input_ids, attention_mask).last_hidden_state.square().mean().backward()
+        gradients.append([param.grad.clone() for param in sparse.model.encoder.parameters()])
+    for compiled, eager in zip(*gradients):
+        torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype, loss_scale", [(torch.bfloat16, 1), (torch.float16, 2**12)])  # as a GradScaler
+def test_half_precision_trains(dtype, loss_scale):
+    sparse, _ = model_pair()
+    reference = sparse.model.encoder.layers[0].self_attn.self.query
+    input_ids, attention_mask = random_inputs(length=640)
+    labels = input_ids[:, :8].contiguous()
+    sparse(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss.backward()
+    expected = reference.weight.grad.clone()
+    sparse.zero_grad(set_to_none=True)
+    loss = sparse.to(dtype).train()(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+    (loss * loss_scale).backward()
+    actual = reference.weight.grad / loss_scale
+    assert actual.dtype == dtype and torch.isfinite(actual).all()
+    assert max_abs_diff(actual, expected) < 0.1 * expected.abs().max()
 
 
 @pytest.mark.parametrize("length", [257, 333, 511])

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from tiny import HEADS, max_abs_diff, random_inputs, twin_models
 
@@ -105,3 +106,39 @@ def test_block_sparse_attention_probabilities_cover_the_pattern():
     # Middle query block 10 sees at most 5 + 2 blocks of 16 keys: most of the row is exactly zero.
     row = probs[0, 0, 10 * 16]
     assert 3 * 16 <= int((row > 0).sum()) <= 7 * 16
+
+
+@pytest.mark.parametrize("length", [1024, 4096])
+@pytest.mark.parametrize("padded", [False, True])
+def test_block_sparse_gradients_match_builtin(length, padded):
+    # Training: the built-in in train mode (its original random blocks; dropouts are 0) against ours, every
+    # parameter. Our block-sparse backward reaches the encoder and the embeddings; the decoder's gradients depend
+    # on the kernel of its cross-attention over all encoder tokens: torch's fused CPU kernel rounds them to ~1e-5
+    # (its exp is approximate), so the whole model is compared with the exact kernel as well.
+    model, builtin = twin_models(attention_type="block_sparse")
+    model.train()
+    batch = 2 if length < 4096 else 1
+    input_ids, attention_mask = random_inputs(batch=batch, length=length, pad_tail=0)
+    if padded:
+        input_ids[-1, -123:], attention_mask[-1, -123:] = 0, 0
+    inputs = dict(input_ids=input_ids, attention_mask=attention_mask, labels=input_ids[:, :11].contiguous())
+    expected, actual = parameter_gradients(builtin, inputs), parameter_gradients(model, inputs)
+    with sdpa_kernel(SDPBackend.MATH):
+        exact = parameter_gradients(model, inputs)
+    assert expected.keys() == actual.keys() == exact.keys() and len(expected) > 60
+    encoder_side = [name for name in expected if name.startswith(("model.encoder.", "model.shared."))]
+    assert len(encoder_side) > 20
+    for name in expected:
+        assert relative_difference(exact[name], expected[name]) <= TOL, name
+    for name in encoder_side:
+        assert relative_difference(actual[name], expected[name]) <= TOL, name
+
+
+def parameter_gradients(model, inputs):
+    model.zero_grad(set_to_none=True)
+    model(**inputs).loss.backward()
+    return {name: param.grad.clone() for name, param in model.named_parameters() if param.grad is not None}
+
+
+def relative_difference(actual, expected):
+    return max_abs_diff(actual, expected) / expected.abs().max().item()
