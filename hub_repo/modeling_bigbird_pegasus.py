@@ -188,11 +188,12 @@ def block_sparse_attention(query, key, value, layout: BlockSparseLayout, token_m
 def block_sparse_context(query, key_value, head_key_blocks, global_bias, middle_bias):
     """The attention output [batch, heads, seq, head_dim]: one SDPA call for the two global query blocks, one per
     tile of the others, joined by one concatenation per group of inputs."""
-    global_context, _ = attend_global_blocks(query, key_value, global_bias, block_size_of(query, head_key_blocks))
+    block_size = block_size_of(head_key_blocks, middle_bias)
+    global_context, _ = attend_global_blocks(query, key_value, global_bias, block_size)
     tiles = middle_tiles(key_value, head_key_blocks)
     pieces = [attend(*operands)[0].flatten(1, 2)
               for operands in middle_tile_operands(query, key_value, head_key_blocks, middle_bias, tiles)]
-    return join_tiles(pieces, tiles, query.shape[1], global_context.chunk(2, dim=2))
+    return join_tiles(pieces, tiles, query.shape[1], first_and_last(global_context, block_size))
 
 
 def block_sparse_context_and_probs(query, key_value, head_key_blocks, global_bias, middle_bias, layout):
@@ -204,18 +205,32 @@ def block_sparse_context_and_probs(query, key_value, head_key_blocks, global_bia
     operands = middle_tile_operands(query, key_value, head_key_blocks, middle_bias, tiles,
                                     TileScratch(query, reuse=False))
     pieces, tile_probs = zip(*(attend(*tile_operands, need_weights=True) for tile_operands in operands))
-    context = join_tiles([piece.flatten(1, 2) for piece in pieces], tiles, heads, global_context.chunk(2, dim=2))
+    context = join_tiles([piece.flatten(1, 2) for piece in pieces], tiles, heads,
+                         first_and_last(global_context, block_size))
     middle_probs = join_tiles(tile_probs, tiles, heads)  # [batch, heads, rows, block_size, keys]
     return context, dense_block_sparse_probs(global_probs, middle_probs, layout, block_size, query.shape[2])
 
 
-def block_size_of(query, head_key_blocks) -> int:
-    return query.shape[2] // (head_key_blocks.shape[1] + 2)
+def block_size_of(head_key_blocks, middle_bias) -> int:
+    """A Python int even where the length is symbolic (exports): a row's keys are its slots' blocks."""
+    return middle_bias.shape[-1] // head_key_blocks.shape[-1]
+
+
+def split_key_value(key_value):
+    """Keys and values side by side [..., 2 * head_dim] -> (keys, values). Slices, not `chunk`: exports then
+    need no split node (ONNX's SplitToSequence)."""
+    head_dim = key_value.shape[-1] // 2
+    return key_value[..., :head_dim], key_value[..., head_dim:]
+
+
+def first_and_last(states, block_size):
+    """The two global query blocks' rows [batch, heads, 2 * block_size, ...] -> (first block, last block)."""
+    return states[:, :, :block_size], states[:, :, block_size:]
 
 
 def attend_global_blocks(query, key_value, bias, block_size, need_weights=False):
     """The first and the last query block see every key: [batch, heads, 2 * block_size, head_dim]."""
-    key, value = key_value.chunk(2, dim=-1)
+    key, value = split_key_value(key_value)
     return attend(global_rows(query, block_size), key, value, bias, need_weights=need_weights)
 
 
@@ -224,9 +239,9 @@ def global_rows(states, block_size):
     return torch.cat([states[:, :, :block_size], states[:, :, -block_size:]], dim=2)
 
 
-def middle_rows(states, num_blocks):
+def middle_rows(states, block_size):
     """states [batch, heads, seq, dim] -> the blocks of the middle query blocks, [batch, heads, rows, block, dim]."""
-    return states.unflatten(2, (num_blocks, -1))[:, :, 1:-1]
+    return states.unflatten(2, (-1, block_size))[:, :, 1:-1]
 
 
 def middle_tile_operands(query, key_value, head_key_blocks, bias, tiles, scratch=None):
@@ -234,7 +249,7 @@ def middle_tile_operands(query, key_value, head_key_blocks, bias, tiles, scratch
     head_dim] and keys/values [tile inputs * heads, rows, keys, head_dim] (views of one gather into `scratch`).
     In SDPA the batch is (input, head) and the "heads" are the rows, so it stays 4D (the fused kernels need that)."""
     scratch = TileScratch(query) if scratch is None else scratch
-    middle_query = middle_rows(query, head_key_blocks.shape[1] + 2)
+    middle_query = middle_rows(query, block_size_of(head_key_blocks, bias))
     head_dim = query.shape[-1]
     for inputs, rows in tiles:
         scratch.next_tile()
@@ -380,12 +395,12 @@ class BlockSparseAttentionFunction(torch.autograd.Function):
 def block_sparse_gradients(grad_context, query, key_value, context, head_key_blocks, global_bias, middle_bias):
     """Gradients of `block_sparse_context` with respect to query and key_value."""
     heads, scale = query.shape[1], query.shape[-1] ** -0.5
-    block_size, num_blocks = block_size_of(query, head_key_blocks), head_key_blocks.shape[1] + 2
+    block_size = block_size_of(head_key_blocks, middle_bias)
     # sum(grad_context * context) over head_dim: the softmax backward's row term, for all queries at once.
     grad_dot_context = (grad_context * context).sum(-1, keepdim=True)
     scaled_query = query * scale
     grad_query, grad_key_value = torch.empty_like(query), torch.empty_like(key_value)
-    key, value, scratch = *key_value.chunk(2, dim=-1), TileScratch(query)
+    key, value, scratch = *split_key_value(key_value), TileScratch(query)
     # The global query blocks see every key: a few heads at a time keep their scores small.
     score_bytes = query.shape[0] * 2 * block_size * key.shape[2] * query.element_size()
     for chunk in cpu_ranges(heads, score_bytes, query.device):
@@ -394,10 +409,11 @@ def block_sparse_gradients(grad_context, query, key_value, context, head_key_blo
             global_rows(states[:, chunk], block_size) for states in (scaled_query, grad_context, grad_dot_context))
         global_grad_query, grad_key_value[:, chunk] = attention_gradients(
             chunk_query, key[:, chunk], value[:, chunk], global_bias, chunk_grad_context, chunk_grad_dot, scratch)
-        grad_query[:, chunk, :block_size], grad_query[:, chunk, -block_size:] = global_grad_query.chunk(2, dim=2)
+        grad_query[:, chunk, :block_size], grad_query[:, chunk, -block_size:] = first_and_last(global_grad_query,
+                                                                                               block_size)
     # The middle query blocks, tile by tile; their key/value gradients are added to the global blocks' ones.
     middle_grad_query, middle_grad_context, middle_grad_dot = (
-        middle_rows(states, num_blocks) for states in (grad_query, grad_context, grad_dot_context))
+        middle_rows(states, block_size) for states in (grad_query, grad_context, grad_dot_context))
     tiles = middle_tiles(key_value, head_key_blocks)
     operands = middle_tile_operands(scaled_query, key_value, head_key_blocks, middle_bias, tiles, scratch)
     for (inputs, rows), tile_operands in zip(tiles, operands):
