@@ -282,7 +282,7 @@ class TileScratch:
 
     def __init__(self, like: torch.Tensor, reuse: bool = True):
         self.like = like
-        self.reuse = reuse and not getattr(torch.compiler, "is_compiling", lambda: False)()
+        self.reuse = reuse and not torch.compiler.is_compiling()
         self.buffers, self.taken = [], 0
 
     def next_tile(self):

@@ -712,8 +712,9 @@ Export a model folder (made by build, convert-tf or upgrade) to ONNX, with its r
 original random blocks. OUT_DIR gets encoder_model.onnx, decoder_model.onnx and decoder_with_past_model.onnx
 (each with its weights in <file>_data), config.json, generation_config.json and the tokenizer: the layout that
 Optimum's ORTModelForSeq2SeqLM loads (transformers 4.x), as does this package's own ONNX Runtime runner
-(transformers 4.57 and 5.x). The encoder pads every input to max_position_embeddings tokens inside the graph,
-as Google's original code padded to max_encoder_length. Nothing is written if anything fails.
+(transformers 4.57 and 5.x). One encoder graph serves every length: inputs are padded to a multiple of 1024
+tokens, where the original code's random blocks are slices of one table (models off that grid pad every input to
+max_position_embeddings inside the graph). Nothing is written if anything fails.
 
 Needs the onnx extra: pip install "bigbird-pegasus-hub[onnx]"."""
 

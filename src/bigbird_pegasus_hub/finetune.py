@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .atomic import check_output_path
 from .repo_files import TOKENIZER_FILES
 from .summarize import ModelSource, resolve_model
 
@@ -190,9 +191,7 @@ def check_numbers(options: FinetuneOptions) -> None:
 
 def check_folders(options: FinetuneOptions) -> None:
     out_dir, checkpoints = options.out_dir.resolve(), options.checkpoint_dir.resolve()
-    if options.out_dir.exists() and not options.overwrite:
-        raise FinetuneError(f"{options.out_dir} already exists: choose another folder, or pass --overwrite to "
-                            "replace it.")
+    check_output_path(options.out_dir, overwrite=options.overwrite)
     if checkpoints == out_dir or out_dir in checkpoints.parents or checkpoints in out_dir.parents:
         raise FinetuneError(f"--checkpoint-dir {options.checkpoint_dir} and OUT_DIR {options.out_dir} must be "
                             "separate folders: OUT_DIR holds only the finished model.")

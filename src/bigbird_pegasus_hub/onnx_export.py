@@ -113,11 +113,11 @@ def check_export_request(model_dir: Path, out_dir: Path, *, dtype: str, opset: i
 
 
 def check_out_dir(out_dir: Path, overwrite: bool) -> None:
-    if not out_dir.exists():
-        return
-    if not overwrite:
-        raise OnnxExportError(f"{out_dir} already exists: choose another folder, or pass --overwrite to replace it.")
-    if not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / ENCODER_FILE).is_file()):
+    """`atomic.check_output_path`, and --overwrite replaces only an earlier export or an empty folder."""
+    from .atomic import check_output_path
+
+    check_output_path(out_dir, overwrite=overwrite)
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / ENCODER_FILE).is_file():
         raise OnnxExportError(f"{out_dir} is not an ONNX export (it has no {ENCODER_FILE}): --overwrite only "
                               "replaces an earlier export or an empty folder; choose another folder.")
 
@@ -126,18 +126,16 @@ def read_model_config(model_dir: Path) -> dict:
     if not model_dir.is_dir():
         raise OnnxExportError(f"Model folder {model_dir} does not exist: pass a folder made by `bigbird-pegasus "
                               "build` (or convert-tf, upgrade).")
+    from .repo_files import read_json_object
+
     config_path = model_dir / "config.json"
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    if not config_path.is_file():
         raise OnnxExportError(f"{model_dir} has no config.json, so it is not a model folder: pass a folder made by "
-                              "`bigbird-pegasus build` (or convert-tf, upgrade).") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise OnnxExportError(f"{config_path} is not valid JSON ({error}): rebuild the model folder.") from None
-    if not isinstance(config, dict) or config.get("model_type") != MODEL_TYPE:
-        found = config.get("model_type") if isinstance(config, dict) else None
-        raise OnnxExportError(f"{config_path} describes a {found!r} model, not BigBirdPegasus (model_type "
-                              f"{MODEL_TYPE!r}): pass a BigBirdPegasus model folder.")
+                              "`bigbird-pegasus build` (or convert-tf, upgrade).")
+    config = read_json_object(config_path)  # unreadable or not a JSON object: one line that names the file
+    if config.get("model_type") != MODEL_TYPE:
+        raise OnnxExportError(f"{config_path} describes a {config.get('model_type')!r} model, not BigBirdPegasus "
+                              f"(model_type {MODEL_TYPE!r}): pass a BigBirdPegasus model folder.")
     if not (model_dir / "tokenizer_config.json").is_file():
         raise OnnxExportError(f"{model_dir} has no tokenizer (tokenizer_config.json), which the ONNX folder needs: "
                               "rebuild the model folder with `bigbird-pegasus build --tokenizer ...`.")
