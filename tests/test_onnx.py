@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from pathlib import Path
 
 import onnx
 import pytest
 import torch
 import transformers
+from safetensors.torch import load_file, save_file
 from test_cli import Run, assert_fails_clearly, assert_succeeds, installed_script, run_cli, run_side_by_side
 from tiny import max_abs_diff, tiny_repo
 from transformers import AutoTokenizer
@@ -271,6 +273,11 @@ def test_bad_requests_fail_with_one_line(tmp_path, repos):
     other = tmp_path / "other-model"
     other.mkdir()
     (other / "config.json").write_text(json.dumps({"model_type": "t5"}))
+    missing_weight = tmp_path / "missing-weight"
+    shutil.copytree(repos["fp32"], missing_weight)
+    weights = load_file(missing_weight / "model.safetensors")
+    del weights["model.decoder.layers.0.fc1.bias"]
+    save_file(weights, missing_weight / "model.safetensors", metadata={"format": "pt"})
     cases = {
         "no_config": (("export-onnx", no_config, out_dir), ("no-config has no config.json",)),
         "other_model": (("export-onnx", other, out_dir), ("'t5' model, not BigBirdPegasus",)),
@@ -278,6 +285,9 @@ def test_bad_requests_fail_with_one_line(tmp_path, repos):
         "existing_out": (("export-onnx", repos["fp32"], existing), ("already exists", "--overwrite")),
         "opset": (("export-onnx", repos["fp32"], out_dir, "--opset", "17"), ("opset 17", "18 to")),
         "dtype": (("export-onnx", repos["fp32"], out_dir, "--dtype", "bf16"), ("invalid choice: 'bf16'",)),
+        # A graph would carry a random bias: refused as `summarize` refuses it.
+        "missing_weight": (("export-onnx", missing_weight, out_dir),
+                           ("missing-weight do not fit its config.json", "missing: model.decoder.layers.0.fc1.bias")),
     }
     results = run_side_by_side({name: Run(args) for name, (args, _) in cases.items()})
     for name, (_, fragments) in cases.items():

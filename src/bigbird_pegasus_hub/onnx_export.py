@@ -77,13 +77,11 @@ def export_onnx(model_dir: str | os.PathLike, out_dir: str | os.PathLike, *, dty
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     config = check_export_request(model_dir, out_dir, dtype=dtype, opset=opset, overwrite=overwrite)
     padded_length = check_padded_length(padded_length, config)
-    import torch
-
     from .onnx_graphs import export_graph, graph_specs
 
     if padded_length is None:
         config, padded_length = dynamic_length_config(config)
-    model = load_model(model_dir, torch.float16 if dtype == "fp16" else torch.float32,
+    model = load_model(model_dir, "float16" if dtype == "fp16" else "float32",
                        pad_to_multiple_of=config.get("pad_to_multiple_of"))
     metadata = {MAX_LENGTH_KEY: str(config.get("max_position_embeddings", 4096))}
     if padded_length is not None:
@@ -183,13 +181,16 @@ def dynamic_length_config(config: dict) -> tuple[dict, int | None]:
     return {**config, "pad_to_multiple_of": multiple}, None
 
 
-def load_model(model_dir: Path, dtype, pad_to_multiple_of: int | None = None):
-    """The folder's weights in this package's own class (never the folder's Python files), in eval mode."""
-    from .plugin.modeling_bigbird_pegasus import BigBirdPegasusForConditionalGeneration
+def load_model(model_dir: Path, dtype: str, pad_to_multiple_of: int | None = None):
+    """The folder's weights in this package's own class (never the folder's Python files), in eval mode; refused,
+    as by `summarize`, when they do not fit the config (a graph of random or dropped weights would be wrong)."""
+    from .summarize import ModelSource, SummarizeError, load_checked_model
 
-    model = BigBirdPegasusForConditionalGeneration.from_pretrained(model_dir, dtype=dtype,
-                                                                   pad_to_multiple_of=pad_to_multiple_of)
-    return model.eval()
+    try:
+        return load_checked_model(ModelSource(str(model_dir)), device=None, dtype=dtype,
+                                  pad_to_multiple_of=pad_to_multiple_of)
+    except SummarizeError as error:
+        raise OnnxExportError(str(error)) from None
 
 
 def output_folder(out_dir: Path, overwrite: bool):

@@ -369,13 +369,14 @@ def _check_device(device: str) -> None:
                              "use --device cpu (or auto).")
 
 
-def load_model_and_tokenizer(source: ModelSource, device: str, dtype: str):
-    return _load_model(source, device, dtype), _load_tokenizer(source)
+def load_model_and_tokenizer(source: ModelSource, device: str | None, dtype: str):
+    return load_checked_model(source, device, dtype), _load_tokenizer(source)
 
 
-def _load_model(source: ModelSource, device: str, dtype: str):
+
+def load_checked_model(source: ModelSource, device: str | None, dtype: str, **config_overrides):
     """The model, refused if its weights do not fit its config: missing weights would be random, unexpected ones
-    dropped, and either way the summaries quietly wrong."""
+    dropped, and either way the summaries quietly wrong. config_overrides: config attributes to set."""
     import torch
     from safetensors import SafetensorError
 
@@ -383,7 +384,7 @@ def _load_model(source: ModelSource, device: str, dtype: str):
         "device_map": device, "dtype": dtype if dtype == "auto" else getattr(torch, dtype),
         # Misshapen weights are then reported with the others, rather than by a bare RuntimeError.
         "output_loading_info": True, "ignore_mismatched_sizes": True,
-        **({"revision": source.revision} if source.revision else {}),
+        **({"revision": source.revision} if source.revision else {}), **config_overrides,
     }
     if source.remote_code:
         from transformers import AutoModelForSeq2SeqLM
