@@ -5,11 +5,14 @@ One training step = forward with labels, backward, gradients freed (no optimizer
   builtin   transformers' built-in block_sparse model (train mode: it draws the original random blocks)
   floor     ours with the encoder's attention core skipped (projections, FFN, LayerNorms, decoder and loss still
             run): no attention can train faster than this.
-Times: medians of interleaved rounds in one process. Peak memory: the increase of the peak resident set during
-one step, each (variant, length) in a fresh process. See benchmarks/README.md.
+Times: medians of interleaved rounds in one process, and a bound from this machine's matrix-product rate (the
+fastest step the attention's products allow). Peak memory: the increase of the peak resident set during one step,
+each (variant, length) in a fresh process (its first step, or one after a --warm-up-length step). See
+benchmarks/README.md.
 
     python benchmarks/train_benchmark.py                              # 1024 4096 8192 tokens, ~10 min on 2 cores
     python benchmarks/train_benchmark.py --lengths 4096 --gradient-checkpointing
+    python benchmarks/train_benchmark.py --lengths 4096 8192 --no-time --warm-up-length 1024
 """
 
 import argparse
@@ -106,12 +109,18 @@ def peak_memory_in_subprocess(args, variant, length) -> float:
                "--vocab-size", str(args.vocab_size)]
     command += ["--threads", str(args.threads)] if args.threads else []
     command += ["--gradient-checkpointing"] if args.gradient_checkpointing else []
+    command += ["--warm-up-length", str(args.warm_up_length)] if args.warm_up_length else []
     return run_memory_probe(command)
 
 
 def memory_probe(args):
-    """Runs in the subprocess: build, then measure the peak of exactly one training step (gradients included)."""
+    """Runs in the subprocess: build, then measure the peak of exactly one training step (gradients included).
+    By default the process's first step, as the training issue measures: it includes what a process sets up on
+    first use (thread pools, allocator arenas, the matrix products' buffers), 65-110 MiB here. With
+    --warm-up-length, one step at that length runs first: the peak of a later step of a run."""
     model = build_models(args, names=[args.memory_probe])[args.memory_probe]
+    if args.warm_up_length:
+        training_step(model, training_inputs(args, args.warm_up_length))
     inputs = training_inputs(args, args.lengths[0])
     gc.collect()
     with peak_memory_tracker("cpu") as peak:
@@ -155,7 +164,7 @@ def relative_difference(actual, expected, names) -> float:
     return max(float((actual[name] - expected[name]).abs().max() / expected[name].abs().max()) for name in names)
 
 
-def report(args, timings, memory) -> list[str]:
+def report(args, timings, memory, rates) -> list[str]:
     names = [name for name in VARIANTS if name in args.variants]
     header = ["L"] + [f"{name} s" for name in names]
     header += [column for column, a, b in RATIOS if a in names and b in names]
@@ -171,6 +180,7 @@ def report(args, timings, memory) -> list[str]:
         rows.append(row)
     config = model_config(args)
     checkpointing = "on" if args.gradient_checkpointing else "off"
+    warm_up = f"after a step of {args.warm_up_length} tokens" if args.warm_up_length else "its first step"
     return [
         f"Machine: {machine_line(args)}", "",
         f"Model: d_model {config.d_model}, {config.encoder_attention_heads} heads, {config.encoder_layers}+"
@@ -178,10 +188,68 @@ def report(args, timings, memory) -> list[str]:
         f"{config.num_random_blocks} random blocks, vocab {config.vocab_size}; batch {args.batch}, "
         f"{args.target_length} target tokens; gradient checkpointing {checkpointing}. One training step = forward "
         f"+ backward; medians of {args.repeats} interleaved rounds; peak memory: increase during one step in a "
-        f"fresh process, median of {args.memory_repeats}.", "",
+        f"fresh process ({warm_up}), median of {args.memory_repeats}.", "",
         "## Training step (seconds; builtin/ours > 1: ours is faster; ours/floor: 1.00 is the floor)", "",
     ] + markdown_rows(rows) + ["", "## Targets (the training issue's)", ""] + markdown_rows(
-        target_rows(timings, memory)) + [""]
+        target_rows(timings, memory)) + [""] + (
+        ["## Bounds from the matrix products", ""] + bound_lines(args, timings, rates) + [""] if rates else [])
+
+
+def attention_product_flops(config, length: int, batch: int) -> float:
+    """FLOPs of the encoder attention's matrix products in one training step with nothing recomputed: 2 in the
+    forward (scores, context), 4 in the backward (gradients of values, probabilities, queries, keys). Every middle
+    query block meets its (3 + 2 + r) key blocks, the two global query blocks every key."""
+    block, heads = config.block_size, config.encoder_attention_heads
+    pairs = (length // block - 2) * block * (5 + config.num_random_blocks) * block + 2 * block * length
+    return 6 * 2 * batch * heads * pairs * (config.d_model // heads) * config.encoder_layers
+
+
+def product_rates(config, repeats: int = 7) -> dict[str, float]:
+    """FLOP/s of this machine's fp32 matrix products, measured here: "tile", the six products of attention on
+    tiles of 8 query blocks of one head (block queries x (5 + r) key blocks x head_dim: the shapes that any
+    block-sparse attention multiplies), in cache; "square", a 2048^3 product (the best case)."""
+    block, head_dim = config.block_size, config.d_model // config.encoder_attention_heads
+    keys, tiles = (5 + config.num_random_blocks) * block, 8
+    query, grad = torch.randn(tiles, block, head_dim), torch.randn(tiles, block, head_dim)
+    key, value, probs = torch.randn(tiles, keys, head_dim), torch.randn(tiles, keys, head_dim), torch.randn(
+        tiles, block, keys)
+    scores, context, grad_keys = (torch.empty(tiles, block, keys), torch.empty(tiles, block, head_dim),
+                                  torch.empty(tiles, keys, head_dim))
+
+    def tile_products():
+        for _ in range(20):
+            torch.bmm(query, key.transpose(1, 2), out=scores)
+            torch.bmm(probs, value, out=context)
+            torch.bmm(probs.transpose(1, 2), grad, out=grad_keys)
+            torch.bmm(grad, value.transpose(1, 2), out=scores)
+            torch.bmm(probs, key, out=context)
+            torch.bmm(probs.transpose(1, 2), query, out=grad_keys)
+
+    square = torch.randn(2048, 2048)
+    runs = {"tile": (tile_products, 20 * 6 * 2 * tiles * block * keys * head_dim),
+            "square": (lambda: torch.matmul(square, square), 2 * 2048 ** 3)}
+    rates = {}
+    for name, (run, flops) in runs.items():
+        run()
+        rates[name] = flops / statistics.median(timed(run, "cpu") for _ in range(repeats))
+    return rates
+
+
+def bound_lines(args, timings, rates) -> list[str]:
+    """The fastest step any attention could give: the floor plus the attention's products at these rates."""
+    lines = []
+    for length, seconds in timings.items():
+        if "builtin" not in seconds or "floor" not in seconds:
+            continue
+        flops = attention_product_flops(model_config(args), length, args.batch)
+        best = {name: seconds["builtin"] / (seconds["floor"] + flops / rate) for name, rate in rates.items()}
+        lines.append(
+            f"- {length} tokens: the attention's products take {flops / 1e9:.1f} GFLOP per step; at the rate of "
+            f"these products on tiles ({rates['tile'] / 1e9:.0f} GFLOP/s) at least {flops / rates['tile']:.3f} s, "
+            f"at the machine's best rate (2048^3 product, {rates['square'] / 1e9:.0f} GFLOP/s) at least "
+            f"{flops / rates['square']:.3f} s. So built-in/ours is at most {best['tile']:.2f} "
+            f"({best['square']:.2f} at the best rate), with softmax, gathers and masks free.")
+    return lines
 
 
 # (column, numerator, denominator)
@@ -213,6 +281,8 @@ def parse_args(argv=None):
     parser.add_argument("--gradient-checkpointing", action="store_true", help="as `finetune` runs by default")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--memory-repeats", type=int, default=3, help="fresh processes per memory figure (median)")
+    parser.add_argument("--warm-up-length", type=int, default=0,
+                        help="measure memory after one step of this many tokens (default: the process's first step)")
     parser.add_argument("--no-time", action="store_true", help="skip the timings")
     parser.add_argument("--gradient-parity", action="store_true",
                         help="also compare one step's gradients with the built-in's (1024 and 4096 tokens)")
@@ -233,8 +303,9 @@ def main(argv=None):
     transformers.logging.set_verbosity_error()
     if args.memory_probe:
         return memory_probe(args)
-    timings, memory = {length: {} for length in args.lengths}, {}
+    timings, memory, rates = {length: {} for length in args.lengths}, {}, {}
     if not args.no_time:
+        rates = product_rates(model_config(args))
         models = build_models(args, names=args.variants)
         for length in args.lengths:
             timings[length] = time_steps(models, args, length)
@@ -246,7 +317,7 @@ def main(argv=None):
                               for name in runnable_variants(args, length)}
             print(f"memory L={length}: " + ", ".join(f"{n} {m:.0f} MiB" for n, m in memory[length].items()),
                   flush=True)
-    text = "\n".join(report(args, timings, memory))
+    text = "\n".join(report(args, timings, memory, rates))
     if args.gradient_parity:
         text += "\n## Gradients against the built-in (train mode, dropout 0; relative difference)\n\n"
         text += "\n".join(markdown_rows(gradient_parity(args))) + "\n"
