@@ -74,7 +74,15 @@ def command(name: str, big: dict[str, Path], out_dir: Path, *extra: str) -> list
 
 def start(args: list[str]) -> subprocess.Popen:
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: os.umask(0o022))
+                            preexec_fn=as_from_a_terminal)
+
+
+def as_from_a_terminal() -> None:
+    """The child starts as from a shell: umask 022, SIGTERM and SIGHUP at their default action even where the test
+    run inherited them ignored (under `nohup` SIGHUP is ignored, which the commands respect)."""
+    os.umask(0o022)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
 
 
 def staging_folders(parent: Path, name: str) -> list[Path]:
