@@ -225,6 +225,41 @@ def test_generate_returns_a_standard_cache(onnx_model, pytorch_model):
     assert cache.cross_attention_cache.layers[0].keys.shape[2] == 200
 
 
+class RecordingSession:
+    """Calls the session it wraps; keeps each call's batch size and outputs."""
+
+    def __init__(self, session):
+        self.session, self.batch_sizes, self.outputs = session, [], []
+
+    def __call__(self, **inputs):
+        self.batch_sizes.append(inputs["input_ids"].shape[0])
+        self.outputs.append(self.session(**inputs))
+        return self.outputs[-1]
+
+
+def test_first_step_runs_once_per_input_for_beams(onnx_model, pytorch_model, monkeypatch):
+    """generate() repeats each input for its beams; the first-step graph, whose cross-attention keys and values
+    are most of its work, runs on each input once, with PyTorch's ids."""
+    recorder = RecordingSession(onnx_model.first_step_session)
+    monkeypatch.setattr(onnx_model, "first_step_session", recorder)
+    assert_generates_pytorch_ids(onnx_model, pytorch_model, num_beams=3)
+    assert recorder.batch_sizes == [2]  # two different documents, three beams each
+
+
+def test_cross_attention_cache_holds_the_graph_outputs_uncopied(onnx_model, pytorch_model, monkeypatch):
+    recorder = RecordingSession(onnx_model.first_step_session)
+    monkeypatch.setattr(onnx_model, "first_step_session", recorder)
+    input_ids, attention_mask = document_batch(pytorch_model.config.vocab_size, 200, padded_rows=1)
+    output = onnx_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=True,
+                        decoder_input_ids=torch.zeros(2, 1, dtype=torch.long))
+    cache = output.past_key_values if hasattr(output, "past_key_values") else output.cache
+    assert recorder.batch_sizes == [2]
+    for layer in range(pytorch_model.config.decoder_layers):
+        cross = cache.cross_attention_cache.layers[layer]
+        assert cross.keys is recorder.outputs[0][f"present.{layer}.encoder.key"]
+        assert cross.values is recorder.outputs[0][f"present.{layer}.encoder.value"]
+
+
 def test_too_long_input_is_refused(onnx_model):
     input_ids = torch.full((1, MAX_POSITIONS + 1), 5)
     with pytest.raises(ValueError, match=f"reads at most {MAX_POSITIONS}"):
