@@ -93,8 +93,7 @@ def time_encoder(model, folder: Path, length: int, args) -> dict:
 
 
 def time_decoding(model, folder: Path, args) -> dict:
-    runner = OnnxBigBirdPegasusForConditionalGeneration.from_pretrained(
-        folder, session_options=session_options(args.threads))
+    runner = OnnxBigBirdPegasusForConditionalGeneration.from_pretrained(folder, threads=args.threads)  # its defaults
     generator = torch.Generator().manual_seed(0)
     input_ids = torch.randint(3, model.config.vocab_size, (1, args.generate_length), generator=generator)
     attention_mask = torch.ones_like(input_ids)

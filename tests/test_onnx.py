@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 
 import onnx
+import onnxruntime
 import pytest
 import torch
 import transformers
@@ -258,6 +259,22 @@ def test_cross_attention_cache_holds_the_graph_outputs_uncopied(onnx_model, pyto
         cross = cache.cross_attention_cache.layers[layer]
         assert cross.keys is recorder.outputs[0][f"present.{layer}.encoder.key"]
         assert cross.values is recorder.outputs[0][f"present.{layer}.encoder.value"]
+
+
+def test_decoder_threads_do_not_spin_by_default(onnx_model):
+    def spinning(session):
+        return session.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+
+    assert spinning(onnx_model.first_step_session) == spinning(onnx_model.step_with_past_session) == "0"
+
+
+def test_threads_apply_to_every_session(exports):
+    model = OnnxBigBirdPegasusForConditionalGeneration.from_pretrained(exports["fp32"], threads=1)
+    sessions = (model.encoder.session, model.first_step_session, model.step_with_past_session)
+    assert [session.session.get_session_options().intra_op_num_threads for session in sessions] == [1, 1, 1]
+    with pytest.raises(ValueError, match="not both"):
+        OnnxBigBirdPegasusForConditionalGeneration.from_pretrained(exports["fp32"], threads=1,
+                                                                   session_options=onnxruntime.SessionOptions())
 
 
 def test_too_long_input_is_refused(onnx_model):
