@@ -26,7 +26,7 @@ from tiny import max_abs_diff, tiny_repo
 from transformers import AutoTokenizer
 
 from bigbird_pegasus_hub import onnx_export
-from bigbird_pegasus_hub.onnx_model import OnnxBigBirdPegasusForConditionalGeneration
+from bigbird_pegasus_hub.onnx_model import OnnxBigBirdPegasusForConditionalGeneration, repeated_rows
 from bigbird_pegasus_hub.plugin.modeling_bigbird_pegasus import BigBirdPegasusForConditionalGeneration
 
 
@@ -245,6 +245,17 @@ def test_first_step_runs_once_per_input_for_beams(onnx_model, pytorch_model, mon
     monkeypatch.setattr(onnx_model, "first_step_session", recorder)
     assert_generates_pytorch_ids(onnx_model, pytorch_model, num_beams=3)
     assert recorder.batch_sizes == [2]  # two different documents, three beams each
+
+
+@pytest.mark.parametrize("rows, expected", [
+    ("A", 1), ("AB", 1), ("AAAB", 1), ("ABAB", 1), ("AAAA", 4), ("AAAABB", 2), ("AABBCC", 2), ("AAABBB", 3)])
+def test_repeated_rows(rows, expected):
+    states = torch.stack([torch.full((3, 2), float(ord(row))) for row in rows])
+    mask = torch.ones(len(rows), 3, dtype=torch.long)
+    assert repeated_rows(states, mask) == expected
+    if expected > 1:  # a row that differs only in one tensor (here the mask) breaks its group
+        mask[-1, 0] = 0
+        assert repeated_rows(states, mask) < expected
 
 
 def test_cross_attention_cache_holds_the_graph_outputs_uncopied(onnx_model, pytorch_model, monkeypatch):

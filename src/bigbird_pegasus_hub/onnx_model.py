@@ -15,6 +15,7 @@ logits processors behave as for the PyTorch model. The key/value cache is a stan
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -213,15 +214,14 @@ def default_session_options(file_name: str, threads: int | None = None) -> onnxr
 
 
 def repeated_rows(*tensors: torch.Tensor) -> int:
-    """k when the rows of all `tensors` come in consecutive groups of k equal rows, else 1."""
+    """The largest k such that the rows of all `tensors` come in consecutive groups of k equal rows (generate()
+    repeats each input for its beams or returned sequences): the greatest common divisor of the runs' lengths."""
     rows = tensors[0].shape[0]
-    repeats = 1
-    while repeats < rows and all(torch.equal(tensor[repeats], tensor[0]) for tensor in tensors):
-        repeats += 1
-    if repeats == 1 or rows % repeats:
+    if rows < 2:
         return 1
-    groups = [tensor.unflatten(0, (-1, repeats)) for tensor in tensors]
-    return repeats if all(torch.equal(group, group[:, :1].expand_as(group)) for group in groups) else 1
+    same_as_previous = torch.stack([(tensor[1:] == tensor[:-1]).flatten(1).all(1) for tensor in tensors]).all(0)
+    run_ends = [*(torch.nonzero(~same_as_previous).flatten() + 1).tolist(), rows]
+    return math.gcd(*(end - start for start, end in zip([0, *run_ends], run_ends)))
 
 
 def store_as_they_are(cache: DynamicCache, layer: int, key: torch.Tensor, value: torch.Tensor) -> None:

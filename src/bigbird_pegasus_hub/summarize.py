@@ -373,7 +373,6 @@ def load_model_and_tokenizer(source: ModelSource, device: str | None, dtype: str
     return load_checked_model(source, device, dtype), _load_tokenizer(source)
 
 
-
 def load_checked_model(source: ModelSource, device: str | None, dtype: str, **config_overrides):
     """The model, refused if its weights do not fit its config: missing weights would be random, unexpected ones
     dropped, and either way the summaries quietly wrong. config_overrides: config attributes to set."""
