@@ -250,14 +250,12 @@ def middle_tile_operands(query, key_value, head_key_blocks, bias, tiles, scratch
     In SDPA the batch is (input, head) and the "heads" are the rows, so it stays 4D (the fused kernels need that)."""
     scratch = TileScratch(query) if scratch is None else scratch
     middle_query = middle_rows(query, block_size_of(head_key_blocks, bias))
-    head_dim = query.shape[-1]
     for inputs, rows in tiles:
         scratch.next_tile()
         tile_key_value = gather_key_blocks(key_value, head_key_blocks, inputs, rows, scratch)
         # The bias has batch 1 without padding: expanded (a view), every tile indexes it alike, traced or not.
         tile_bias = bias.expand(*query.shape[:2], *bias.shape[2:])[inputs, :, rows].flatten(0, 1)
-        yield (middle_query[inputs, :, rows].flatten(0, 1), tile_key_value[..., :head_dim],
-               tile_key_value[..., head_dim:], tile_bias)
+        yield middle_query[inputs, :, rows].flatten(0, 1), *split_key_value(tile_key_value), tile_bias
 
 
 def join_tiles(pieces, tiles, heads, ends=None):
@@ -300,11 +298,6 @@ class TileScratch:
             self.buffers[self.taken] = self.like.new_empty(size)
         self.taken += 1
         return self.buffers[self.taken - 1][:size].view(shape)
-
-    def empty(self, *shape) -> torch.Tensor:
-        """As `take`, but always a tensor."""
-        buffer = self.take(*shape)
-        return self.like.new_empty(shape) if buffer is None else buffer
 
 
 # On CPU the gathered key/value blocks are attended tile by tile while they are still in cache: gathering all of
@@ -425,13 +418,12 @@ def block_sparse_gradients(grad_context, query, key_value, context, head_key_blo
     return grad_query.mul_(scale), grad_key_value
 
 
-def attention_gradients(scaled_query, key, value, bias, grad_context, grad_dot_context, scratch=None):
+def attention_gradients(scaled_query, key, value, bias, grad_context, grad_dot_context, scratch: TileScratch):
     """Gradients of softmax(scaled_query key^T + bias) value with respect to scaled_query and to key and value
     (side by side in one tensor), from probabilities recomputed here. grad_dot_context: sum(grad_context *
     context, -1). Temporaries come from `scratch`."""
     *batch, queries, head_dim = scaled_query.shape
     keys = key.shape[-2]
-    scratch = TileScratch(scaled_query, reuse=False) if scratch is None else scratch
     scores = torch.matmul(scaled_query, key.transpose(-1, -2), out=scratch.take(*batch, queries, keys))
     if bias is not None:
         scores += bias
