@@ -151,17 +151,23 @@ def time_encoders(models, args, length, batch) -> dict:
         name: (lambda encoder=models[name].get_encoder(): encoder(input_ids, attention_mask))
         for name in runnable_variants(args, length, batch)
     }
-    seconds = {name: [] for name in runs}
     with torch.inference_mode(), busy_processes(args.busy):
         for name, run in runs.items():  # warm-up: layouts, allocator, lazy init, compilation
             warm_up = timed(run, args.device)
             if name == "compiled":
                 print(f"compiled encoder L={length} batch={batch}: first call (compilation) {warm_up:.1f} s",
                       flush=True)
-        for _ in range(args.repeats):
-            for name, run in runs.items():
-                seconds[name].append(timed(run, args.device))
-                gc.collect()
+        return interleaved_medians(runs, args.repeats, args.device)
+
+
+def interleaved_medians(runs: dict, repeats: int, device="cpu") -> dict[str, float]:
+    """Median seconds of each run over `repeats` rounds in which every run goes once (after the caller's warm-up),
+    so that machine noise hits them alike."""
+    seconds = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            seconds[name].append(timed(run, device))
+            gc.collect()
     return {name: statistics.median(values) for name, values in seconds.items()}
 
 

@@ -45,11 +45,10 @@ from bigbird_pegasus_hub.repo import build_repo
 from bigbird_pegasus_hub.summarize import DEFAULT_MODEL_DIR, resolve_model
 from bigbird_pegasus_hub.tokenizer import bundled_corpus_path
 
-RANDOM_MODEL = dict(
-    d_model=512, encoder_layers=4, decoder_layers=4, encoder_attention_heads=8, decoder_attention_heads=8,
-    encoder_ffn_dim=2048, decoder_ffn_dim=2048, block_size=64, num_random_blocks=3, max_position_embeddings=4096,
-    dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
-)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmark import MODEL, markdown_rows  # noqa: E402
+
+RANDOM_MODEL = dict(MODEL, max_position_embeddings=4096)  # the model of benchmark.py
 
 
 def parse_args(argv=None):
@@ -108,8 +107,7 @@ def run(model: Path, corpus: Path, output: Path, settings: dict, generate_kwargs
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = parse_args(argv)  # --threads: set by the corpus run itself, as `summarize --threads`
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     logging.getLogger("bigbird_pegasus_hub").setLevel(logging.ERROR)  # the short-input notice of the model
@@ -147,19 +145,18 @@ def markdown(args, lengths, models, times, cpu_times, reports, summaries, rounds
              f"in shuffled order, batch size {args.batch_size}, {args.threads} thread(s), medians of {rounds} "
              f"interleaved rounds; {datetime.date.today()}, {platform.machine()}, torch {torch.__version__}, "
              f"transformers {transformers.__version__}.")
-    header = ("| model | batching | documents / CPU-s | × input order | documents/s (wall) | padding | batches | "
-              "summaries equal to alone |")
-    lines = [setup, "", header, "|---|---|---|---|---|---|---|---|"]
+    rows = [["model", "batching", "documents / CPU-s", "× input order", "documents/s (wall)", "padding", "batches",
+             "summaries equal to alone"]]
     for model in models:
         baseline = statistics.median(cpu_times[model, "input"])
         for mode in modes(args.batch_size, args.coarse_multiple):
             rate = statistics.median(cpu_times[model, mode])
             report = reports[model, mode]
             equal = sum(a == b for a, b in zip(summaries[model, mode], summaries[model, "alone"]))
-            lines.append(f"| {model} | {mode} | {rate:.3f} | {rate / baseline:.2f}× | "
-                         f"{statistics.median(times[model, mode]):.3f} | {report.padding.overhead:.1%} | "
-                         f"{report.padding.batches} | {equal}/{len(summaries[model, mode])} |")
-    return "\n".join(lines)
+            rows.append([model, mode, f"{rate:.3f}", f"{rate / baseline:.2f}×", f"{statistics.median(times[model, mode]):.3f}",
+                         f"{report.padding.overhead:.1%}", str(report.padding.batches),
+                         f"{equal}/{len(summaries[model, mode])}"])
+    return "\n".join([setup, "", *markdown_rows(rows)])
 
 
 if __name__ == "__main__":

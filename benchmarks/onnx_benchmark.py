@@ -15,10 +15,8 @@ rounds (every round runs each engine once, so machine noise hits both alike), wi
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import onnxruntime
@@ -26,11 +24,12 @@ import torch
 from transformers.modeling_outputs import BaseModelOutput
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark import MODEL, machine_line, markdown_rows  # noqa: E402
+from benchmark import MODEL, interleaved_medians, machine_line, markdown_rows  # noqa: E402
 
-from bigbird_pegasus_hub.onnx_export import MAX_LENGTH_KEY, PADDED_LENGTH_KEY, quiet_exporter  # noqa: E402
+from bigbird_pegasus_hub.onnx_export import ENCODER_FILE, MAX_LENGTH_KEY, PADDED_LENGTH_KEY, quiet_exporter  # noqa: E402
 from bigbird_pegasus_hub.onnx_graphs import export_graph, graph_specs  # noqa: E402
-from bigbird_pegasus_hub.onnx_model import OnnxBigBirdPegasusForConditionalGeneration, OnnxSession  # noqa: E402
+from bigbird_pegasus_hub.onnx_model import (  # noqa: E402
+    OnnxBigBirdPegasusForConditionalGeneration, OnnxSession, default_session_options)
 from bigbird_pegasus_hub.plugin.configuration_bigbird_pegasus import BigBirdPegasusConfig  # noqa: E402
 from bigbird_pegasus_hub.plugin.modeling_bigbird_pegasus import BigBirdPegasusForConditionalGeneration  # noqa: E402
 
@@ -54,28 +53,15 @@ def export(model, folder: Path, padded_length: int, encoder_only: bool) -> Path:
     return folder
 
 
-def session_options(threads: int) -> onnxruntime.SessionOptions:
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return options
-
-
 def interleaved(runs: dict, repeats: int) -> dict[str, float]:
     """Median seconds per run; one warm-up each, then `repeats` rounds in which every run goes once."""
     for run in runs.values():
         run()
-    seconds = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            seconds[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in seconds.items()}
+    return interleaved_medians(runs, repeats)
 
 
 def time_encoder(model, folder: Path, length: int, args) -> dict:
-    session = OnnxSession(folder / "encoder_model.onnx", session_options=session_options(args.threads))
+    session = OnnxSession(folder / ENCODER_FILE, session_options=default_session_options(ENCODER_FILE, args.threads))
     generator = torch.Generator().manual_seed(length)
     input_ids = torch.randint(3, model.config.vocab_size, (1, length), generator=generator)
     attention_mask = torch.ones_like(input_ids)

@@ -26,8 +26,8 @@ import torch
 import transformers
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from benchmark import builtin_config, cell, machine_line, markdown_rows, peak_memory_tracker, ratio, \
-    run_memory_probe, skip_attention_core, synchronize, target_table, timed
+from benchmark import builtin_config, cell, interleaved_medians, machine_line, markdown_rows, peak_memory_tracker, \
+    ratio, run_memory_probe, runnable_variants, skip_attention_core, target_table, timed
 
 from bigbird_pegasus_hub.plugin import modeling_bigbird_pegasus as ours
 from bigbird_pegasus_hub.plugin.configuration_bigbird_pegasus import BigBirdPegasusConfig
@@ -80,20 +80,11 @@ def training_step(model, inputs):
 def time_steps(models, args, length) -> dict:
     """Median seconds per training step; the variants take turns so machine noise hits them alike."""
     inputs = training_inputs(args, length)
-    names = runnable_variants(args, length)
-    for name in names:  # warm-up: layouts, allocator, lazy init
-        training_step(models[name], inputs)
-    seconds = {name: [] for name in names}
-    for _ in range(args.repeats):
-        for name in names:
-            seconds[name].append(timed(lambda: training_step(models[name], inputs), "cpu"))
-            gc.collect()
-    return {name: statistics.median(values) for name, values in seconds.items()}
-
-
-def runnable_variants(args, length) -> list[str]:
-    # The built-in model needs ~3.5 GiB for a step at 8192 tokens here; skip it beyond --builtin-max-tokens.
-    return [name for name in args.variants if not (name == "builtin" and args.batch * length > args.builtin_max_tokens)]
+    runs = {name: (lambda model=models[name]: training_step(model, inputs))
+            for name in runnable_variants(args, length, args.batch)}
+    for run in runs.values():  # warm-up: layouts, allocator, lazy init
+        run()
+    return interleaved_medians(runs, args.repeats)
 
 
 def median_peak_memory(args, variant, length) -> float:
@@ -125,7 +116,6 @@ def memory_probe(args):
     gc.collect()
     with peak_memory_tracker("cpu") as peak:
         training_step(model, inputs)
-        synchronize("cpu")
     print(json.dumps({"peak_mib": peak()}))
 
 
@@ -319,7 +309,7 @@ def main(argv=None):
     if not args.no_memory:
         for length in args.lengths:
             memory[length] = {name: median_peak_memory(args, name, length)
-                              for name in runnable_variants(args, length)}
+                              for name in runnable_variants(args, length, args.batch)}
             print(f"memory L={length}: " + ", ".join(f"{n} {m:.0f} MiB" for n, m in memory[length].items()),
                   flush=True)
     text = "\n".join(report(args, timings, memory, rates))
