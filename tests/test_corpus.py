@@ -27,6 +27,7 @@ from tiny import tiny_repo as build_tiny_repo
 from transformers import AutoTokenizer
 
 from bigbird_pegasus_hub.batching import LengthBuckets, PaddingStats
+from bigbird_pegasus_hub.corpus_run import model_padding_multiple
 from bigbird_pegasus_hub.plugin.modeling_bigbird_pegasus import BigBirdPegasusForConditionalGeneration
 from bigbird_pegasus_hub.summarize import SINGLE_THREAD_MAX_WIDTH, cpu_threads, padded_length, set_cpu_threads
 from bigbird_pegasus_hub.tokenizer import bundled_corpus_path
@@ -367,3 +368,11 @@ def test_summarize_help_shows_the_corpus_options():
     for option in ("--input", "--text-column", "--id-column", "--output", "--resume", "--skip-empty", "--threads",
                    "--pad-to-multiple-of", "accelerate launch"):
         assert option in result.stdout
+
+
+def test_default_buckets_follow_the_models_own_padding():
+    """Without --pad-to-multiple-of, documents share a batch when the model would pad them to the same length anyway:
+    its block size, or the config's pad_to_multiple_of (the ONNX-aligned option)."""
+    assert model_padding_multiple(tiny_config()) == tiny_config().block_size
+    assert model_padding_multiple(tiny_config(pad_to_multiple_of=4 * tiny_config().block_size)) == \
+        4 * tiny_config().block_size

@@ -33,12 +33,12 @@ class LengthBuckets(Generic[Item]):
         self._buckets: dict[int, list[Item]] = {}
 
     def add(self, item: Item) -> list[Item] | None:
-        bucket = self._buckets.setdefault(padded_length(self.length(item), self.multiple), [])
+        width = padded_length(self.length(item), self.multiple)
+        bucket = self._buckets.setdefault(width, [])
         bucket.append(item)
         if len(bucket) < self.batch_size:
             return None
-        self._buckets.pop(padded_length(self.length(item), self.multiple))
-        return bucket
+        return self._buckets.pop(width)
 
     def rest(self) -> list[list[Item]]:
         batches = [self._buckets[width] for width in sorted(self._buckets, reverse=True)]

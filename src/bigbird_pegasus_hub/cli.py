@@ -266,8 +266,9 @@ def add_summarize(commands, common):
                              "before summarizing, naming them)")
     corpus.add_argument("--pad-to-multiple-of", type=positive_int, metavar="TOKENS",
                         help="pad inputs to a multiple of TOKENS and batch documents of equal padded length "
-                             "(default: the model's block size, which leaves each summary as the document gets "
-                             "alone; the original evaluation padded every input to 3072)")
+                             "(default: the multiple the model pads to itself, its block size unless its config sets "
+                             "pad_to_multiple_of, which leaves each summary as the document gets alone; the "
+                             "original evaluation padded every input to 3072)")
     parser.add_argument("--format", choices=("text", "jsonl"), default="text",
                         help="text: the summaries; jsonl: one JSON object per file with its summary, input tokens, "
                              "truncation and seconds (default: text)")

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .repo_files import first_line
+
 if TYPE_CHECKING:
     import numpy as np
     import pyarrow as pa
@@ -250,7 +252,7 @@ def _reading(path: Path):
         raise
     except (pa.ArrowException, ValueError, OSError) as error:
         kind = INPUT_FORMATS[path.suffix.lower()]
-        raise CorpusError(f"--input {path} cannot be read as {kind.upper()} ({_first_line(error)}): is the file "
+        raise CorpusError(f"--input {path} cannot be read as {kind.upper()} ({first_line(error)}): is the file "
                           "complete, and in the format its name says?") from error
 
 
@@ -294,8 +296,3 @@ def _check_ids(ids: pa.ChunkedArray, column: str, path: Path) -> pa.ChunkedArray
 
 def _listing(names: list[str]) -> str:
     return ", ".join(repr(name) for name in names) if names else "(none)"
-
-
-def _first_line(error: Exception) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__

@@ -49,7 +49,7 @@ class CorpusJob:
     overwrite: bool = False
     skip_empty: bool = False
     batch_size: int = 1
-    pad_to_multiple_of: int | None = None  # None: the model's block size
+    pad_to_multiple_of: int | None = None  # None: the multiple the model pads to itself
     max_input_tokens: int | None = None
     chunk: bool = False
     chunk_overlap: int | None = None
@@ -235,7 +235,7 @@ def _summarize_share(job: CorpusJob, source: ModelSource, state, store: ResultSt
     if len(rows) == 0:
         return result
     summarizer = _load(job, source, state)
-    multiple = job.pad_to_multiple_of or getattr(summarizer.model.config, "block_size", 1)
+    multiple = job.pad_to_multiple_of or model_padding_multiple(summarizer.model.config)
     documents = read_documents(job.input, job.text_column, job.id_column, rows)
     lengths_in_order = []
     started, cpu_started = time.perf_counter(), time.process_time()
@@ -253,6 +253,12 @@ def _summarize_share(job: CorpusJob, source: ModelSource, state, store: ResultSt
     return result
 
 
+def model_padding_multiple(config) -> int:
+    """The multiple the model pads its inputs to anyway (its block size, or the config's pad_to_multiple_of): batches
+    of that padded length cost nothing extra, and leave each summary as the document gets alone."""
+    return getattr(config, "pad_to_multiple_of", None) or getattr(config, "block_size", 1)
+
+
 def _load(job: CorpusJob, source: ModelSource, state):
     """The model on this process's device, with threads for its share of the machine's cores."""
     from .summarize import load_summarizer
@@ -260,10 +266,10 @@ def _load(job: CorpusJob, source: ModelSource, state):
     if state.num_processes == 1:
         # "auto": accelerate's choice (GPUs if any, the model spread over them with device_map="auto"; or the CPU)
         device = "cpu" if job.device == "auto" and state.device.type == "cpu" else job.device
-        summarizer = load_summarizer(source, device=device, dtype=job.dtype, max_input_tokens=job.max_input_tokens)
     else:
-        # One whole model per process, on the process's own device (not spread over all GPUs, as "auto" would).
-        summarizer = load_summarizer(source, device="cpu", dtype=job.dtype, max_input_tokens=job.max_input_tokens)
+        device = "cpu"  # then one whole model per process on its own device (not spread over all GPUs, as "auto")
+    summarizer = load_summarizer(source, device=device, dtype=job.dtype, max_input_tokens=job.max_input_tokens)
+    if state.num_processes > 1:
         summarizer.model.to(state.device)
     # torchrun and accelerate launch set OMP_NUM_THREADS=1 in every process; the cores are shared out instead.
     set_cpu_threads(summarizer.model, job.threads, int(os.environ.get("LOCAL_WORLD_SIZE", state.num_processes)))

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import check_output_path
+from .corpus import INPUT_FORMATS
 from .repo_files import TOKENIZER_FILES
 from .summarize import ModelSource, resolve_model
 
@@ -58,7 +59,6 @@ __all__ = [
 DEFAULT_TEXT_COLUMN = "document"
 DEFAULT_SUMMARY_COLUMN = "summary"
 # File suffix -> the `datasets` builder that reads it.
-FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 TEXT_FORMATS = (".jsonl", ".json", ".csv")  # Parquet stores its strings as UTF-8 by definition
 DEFAULT_LEARNING_RATE = 5e-5
 DEFAULT_LORA_LEARNING_RATE = 2e-4
@@ -170,7 +170,7 @@ def check_corpus_path(path: Path, option: str) -> None:
         raise FinetuneError(f"{option} {path} does not exist: check the path.")
     if not path.is_file():
         raise FinetuneError(f"{option} {path} is not a file: give a .jsonl, .csv or .parquet file.")
-    if path.suffix.lower() not in FORMATS:
+    if path.suffix.lower() not in INPUT_FORMATS:
         raise FinetuneError(f"{option} {path}: unknown format {path.suffix or '(no suffix)'!r}; give JSON Lines "
                             "(.jsonl), CSV (.csv) or Parquet (.parquet).")
 
@@ -301,7 +301,7 @@ def read_corpus(path: Path, options: FinetuneOptions, cache_dir: str):
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its parse errors come back as exceptions
     try:
-        rows = datasets.load_dataset(FORMATS[path.suffix.lower()], data_files=str(path), split="train",
+        rows = datasets.load_dataset(INPUT_FORMATS[path.suffix.lower()], data_files=str(path), split="train",
                                      cache_dir=cache_dir)
     except Exception as error:  # the parser's error (pyarrow, pandas, json), wrapped in DatasetGenerationError
         problem = json_lines_problem(path) if path.suffix.lower() == ".jsonl" else None

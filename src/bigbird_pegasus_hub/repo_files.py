@@ -66,6 +66,12 @@ def listed(names) -> str:
     return shown + (f" and {len(names) - NAMES_SHOWN} more" if len(names) > NAMES_SHOWN else "")
 
 
+def first_line(error: Exception) -> str:
+    """A library's error message for one line of ours: its first non-empty line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Code references: what transformers would import from where.
 

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from .atomic import TERMINATING_SIGNALS, atomic_output_file, check_output_path
 from .corpus import CorpusError, CorpusIndex
+from .repo_files import read_json_object
 from .summarize import batches
 
 if TYPE_CHECKING:
@@ -95,7 +96,7 @@ class ResultStore:
                 path.unlink()
             _write_json(run_file, {"settings": settings, "replaces_output": True})
             return
-        run = json.loads(run_file.read_text(encoding="utf-8")) if run_file.exists() else None
+        run = read_json_object(run_file, "The run file") if run_file.exists() else None
         if run is not None and run["settings"] != settings:
             before = run["settings"]
             changed = "; ".join(f"{key} was {before.get(key)!r}, now {settings.get(key)!r}"

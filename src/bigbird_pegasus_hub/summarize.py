@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .repo_files import RepoError, check_model_folder, foreign_references, listed, read_json_object
+from .repo_files import RepoError, check_model_folder, first_line, foreign_references, listed, read_json_object
 from .text import NEWLINE_TOKEN, decode_newlines, encode_newlines
 
 if TYPE_CHECKING:
@@ -232,7 +232,7 @@ def _resolve_commit(repo_id: str, revision: str | None) -> str | None:
             "check the name, and log in (`hf auth login` or HF_TOKEN) if the repo is private or gated."
         ) from None
     except HfHubHTTPError as error:
-        raise SummarizeError(f"The Hub at {constants.ENDPOINT} refused to describe {repo_id}: {_first_line(error)}.") \
+        raise SummarizeError(f"The Hub at {constants.ENDPOINT} refused to describe {repo_id}: {first_line(error)}.") \
             from error
     except Exception as error:  # refused connection, DNS, timeout: the HTTP client's errors share no useful base
         raise SummarizeError(_unreachable_message(repo_id, error)) from error
@@ -257,7 +257,7 @@ def download_config(repo_id: str, commit: str | None) -> Path:
 def _unreachable_message(repo_id: str, error: Exception) -> str:
     from huggingface_hub import constants
 
-    return (f"Cannot reach the Hub at {constants.ENDPOINT} to load {repo_id} ({_first_line(error)}): check the network "
+    return (f"Cannot reach the Hub at {constants.ENDPOINT} to load {repo_id} ({first_line(error)}): check the network "
             "and HF_ENDPOINT, or pass a local model folder to --model.")
 
 
@@ -272,11 +272,6 @@ def _check_model_type(config: dict, where: str) -> None:
     if config.get("model_type") != MODEL_TYPE:
         raise SummarizeError(f"{where} holds a {config.get('model_type')!r} model, not BigBirdPegasus "
                              f"(model_type {MODEL_TYPE!r}): pass a BigBirdPegasus model.")
-
-
-def _first_line(error: Exception) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -440,7 +435,7 @@ def _load_tokenizer(source: ModelSource):
         return AutoTokenizer.from_pretrained(source.location, trust_remote_code=False,
                                              **({"revision": source.revision} if source.revision else {}))
     except Exception as error:  # tokenizers and sentencepiece raise bare Exceptions for damaged files
-        raise SummarizeError(f"The tokenizer of {source.location} does not load ({_first_line(error)}): it must be "
+        raise SummarizeError(f"The tokenizer of {source.location} does not load ({first_line(error)}): it must be "
                              "one of transformers' tokenizers (a Pegasus tokenizer), loadable without remote code; "
                              "rebuild the repo with `bigbird-pegasus build`.") from None
 
